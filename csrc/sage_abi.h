@@ -1,0 +1,132 @@
+/* sage kernel ABI: the only header Python (ctypes) and the CUDA sources share.
+ *
+ * Plain C, no torch, no CUDA headers beyond the stream type: every entry point takes one parameter
+ * struct by pointer and a cudaStream_t, returns 0 on success or a SAGE_ERR_* code, and leaves a
+ * one-line reason in sage_last_error(). One shared library is built per target (sm_80, sm_86, sm_89,
+ * sm_90a); each exports all entry points and says through sage_abi_version() which ABI it speaks.
+ *
+ * Layouts (element strides; the last dimension, D, is always contiguous):
+ *   Q in       [B, Hq,  Nq, D]  fp16/bf16, strides q_stride_{b,h,n}   (HND or NHD: strides say which)
+ *   K, V in    [B, Hkv, Nk, D]  fp16/bf16, strides {k,v}_stride_{b,h,n}
+ *   q_int      [B, Hq,  Nq_pad, D]   int8, contiguous  (INT4: [B, Hq, Nq_pad, D/2] bytes, two values a
+ *                                     byte, the even channel in the low nibble: the mma fragment order)
+ *   k_int      [B, Hkv, Nk_pad, D]   int8 / packed int4 as q_int, K already smoothed (K - mean_tokens K)
+ *   q_scale    [B, Hq,  nq_groups]   float32, groups as in sage_cli/settings.py
+ *   k_scale    [B, Hkv, nk_groups]   float32
+ *   v_fp8      [B, Hkv, D, Nk_pad]   float8 e4m3, TRANSPOSED (tokens contiguous): the K-major B operand
+ *                                     that both wgmma e4m3 and mma.sync e4m3 read
+ *   v_scale    [B, Hkv, D]           float32 per channel (dynamic amax/448, or the static one given)
+ *   v_mean     [B, Hkv, D]           float32, only with smooth V (added back after normalizing), else NULL
+ *   k_mean     [B, Hkv, D]           float32, written by quantization (Python adds q.k_mean*sm_scale to LSE)
+ *   q_mean     [B, Hq, Nq_pad/64, D] float32, the Q block means, only with smooth Q
+ *   ds         [B, Hq, Nq_pad/64, Nk_pad] float32, only with smooth Q: (q_mean . K'^T), added to the
+ *                                     dequantized scores before the softmax scale; NULL otherwise
+ *   O out      [B, Hq, Nq, D] fp16/bf16 (the input dtype), strides o_stride_{b,h,n}; every valid element
+ *                                     written; fully masked rows are written as 0, never NaN
+ *   lse out    [B, Hq, Nq] float32 natural-log LSE of sm_scale * (Q K'^T + ds), or NULL
+ * Nq_pad and Nk_pad are Nq and Nk rounded up to SAGE_SEQ_PAD; pad tokens are zero and always masked.
+ * GQA: query head h reads kv head h / (Hq / Hkv). Causal: query i sees key j iff j <= i + (Nk - Nq)
+ * (bottom-right aligned; top-left when Nq == Nk, which is the same formula).
+ */
+#ifndef SAGE_ABI_H
+#define SAGE_ABI_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SAGE_ABI_VERSION 1
+#define SAGE_SEQ_PAD 128
+#define SAGE_SMOOTH_Q_BLOCK 64
+#define SAGE_K_BLOCK 64
+
+typedef struct CUstream_st* sage_stream_t; /* the same type as cudaStream_t */
+
+enum SageDType { SAGE_FP16 = 0, SAGE_BF16 = 1 };
+enum SageQKType { SAGE_QK_INT8 = 0, SAGE_QK_INT4 = 1 };
+enum SagePVType { SAGE_PV_FP8 = 0, SAGE_PV_FP16 = 1 };
+enum SageGranularity { SAGE_PER_THREAD = 0, SAGE_PER_WARP = 1, SAGE_PER_BLOCK = 2 };
+enum SagePVAccum { SAGE_PV_TWO_LEVEL = 0, SAGE_PV_NARROW = 1 };
+enum SageKernelFamily { SAGE_FAMILY_AUTO = 0, SAGE_FAMILY_MMA_SYNC = 1, SAGE_FAMILY_WGMMA = 2 };
+
+enum SageError {
+  SAGE_OK = 0,
+  SAGE_ERR_INVALID = 1,     /* a parameter outside what this library serves (see sage_last_error) */
+  SAGE_ERR_UNSUPPORTED = 2, /* a valid request this target has no kernel for */
+  SAGE_ERR_CUDA = 3         /* a CUDA call failed */
+};
+
+/* Smooth + quantize Q and K (one launch each for Q and K, fused over all heads). */
+typedef struct SageQuantQKParams {
+  const void* q;
+  const void* k;
+  int64_t q_stride_b, q_stride_h, q_stride_n;
+  int64_t k_stride_b, k_stride_h, k_stride_n;
+  int32_t batch, heads_q, heads_kv, seq_q, seq_k, head_dim, seq_q_pad, seq_k_pad;
+  int32_t dtype;       /* SageDType */
+  int32_t qk_type;     /* SageQKType */
+  int32_t granularity; /* SageGranularity */
+  int32_t smooth_q;    /* 0/1: write q_mean and quantize Q - mean(block) */
+  void* q_int;
+  void* k_int;
+  float* q_scale;
+  float* k_scale;
+  float* k_mean;       /* always written */
+  float* q_mean;       /* written when smooth_q, else may be NULL */
+} SageQuantQKParams;
+
+/* Quantize V to FP8 E4M3, per channel, transposed to [B, Hkv, D, Nk_pad]. */
+typedef struct SageQuantVParams {
+  const void* v;
+  int64_t v_stride_b, v_stride_h, v_stride_n;
+  int32_t batch, heads_kv, seq_k, head_dim, seq_k_pad;
+  int32_t dtype;
+  int32_t smooth_v;            /* 0/1: subtract the channel mean (written to v_mean) first */
+  const float* static_scale;   /* [B, Hkv, D] calibrated scales (saturating), or NULL for amax/448 */
+  void* v_fp8;
+  float* v_scale;              /* [B, Hkv, D] the scale used (copied from static_scale when given) */
+  float* v_mean;               /* [B, Hkv, D] written when smooth_v */
+} SageQuantVParams;
+
+/* The attention itself, on quantized Q/K (and FP8 or original-dtype V). */
+typedef struct SageAttnParams {
+  const void* q_int;
+  const void* k_int;
+  const void* v;               /* v_fp8 (transposed) for SAGE_PV_FP8; the original V for SAGE_PV_FP16 */
+  int64_t v_stride_b, v_stride_h, v_stride_n; /* used for SAGE_PV_FP16 only */
+  const float* q_scale;
+  const float* k_scale;
+  const float* v_scale;        /* SAGE_PV_FP8 only */
+  const float* v_mean;         /* smooth V, or NULL */
+  const float* ds;             /* smooth Q bias, or NULL */
+  void* o;
+  int64_t o_stride_b, o_stride_h, o_stride_n;
+  float* lse;                  /* [B, Hq, Nq] or NULL */
+  int32_t batch, heads_q, heads_kv, seq_q, seq_k, head_dim, seq_q_pad, seq_k_pad;
+  int32_t dtype;               /* of V (fp16 PV) and of O */
+  int32_t qk_type, granularity, pv_type, pv_accum;
+  int32_t causal;
+  int32_t family;              /* SageKernelFamily: AUTO picks by arch; MMA_SYNC forces the sm80-family
+                                  kernel (it also runs, emulated where the arch lacks the instruction, on
+                                  sm_90a: that is how the GPU tests check it on an H100) */
+  float sm_scale;              /* softmax scale; kernels fold sm_scale*log2(e) into the exp2 FMA */
+} SageAttnParams;
+
+int sage_abi_version(void);
+/* The arch this library was compiled for, e.g. 90 for sm_90a, 89, 86, 80. */
+int sage_compiled_arch(void);
+/* The K block (tokens) the attention kernel uses for this configuration; the reference uses the same so
+ * that P is rounded at the same running maximum. 0 when unsupported. */
+int sage_attn_blk_k(int32_t head_dim, int32_t qk_type, int32_t pv_type, int32_t family);
+int sage_quant_qk(const SageQuantQKParams* p, sage_stream_t stream);
+int sage_quant_v(const SageQuantVParams* p, sage_stream_t stream);
+int sage_attn_fwd(const SageAttnParams* p, sage_stream_t stream);
+const char* sage_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SAGE_ABI_H */
