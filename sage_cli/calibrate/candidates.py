@@ -1,0 +1,33 @@
+"""Which settings calibration may choose at a site, cheapest first, for each target arch.
+
+Order is cost: INT4 QK runs the mma at twice the INT8 rate where the hardware has it (sm80/86/89); smooth Q
+adds the dS bias (a small GEMM and one more add per score); smooth V adds a channel-mean pass. On sm_90 INT4
+mma is emulated (about 25x slower than INT8), so Hopper never gets INT4; and its fast kernel is FP8 PV only.
+"""
+from __future__ import annotations
+
+from ..settings import SageSettings
+
+SUPPORTED_ARCHS = ("80", "86", "89", "90")
+
+
+def normalize_arch(arch: str) -> str:
+    """'sm_90a', '90a', 'sm90', '9.0' -> '90'; an unknown arch is a ValueError naming the supported ones."""
+    a = arch.strip().lower().replace("sm_", "").replace("sm", "").replace(".", "").rstrip("a")
+    if a not in SUPPORTED_ARCHS:
+        raise ValueError(f"unknown target arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    return a
+
+
+def candidates(arch: str) -> list[SageSettings]:
+    arch = normalize_arch(arch)
+    if arch == "90":
+        base = SageSettings(qk_dtype="int8", pv_dtype="fp8")
+        return [base, base.replace(smooth_q=True), base.replace(smooth_q=True, smooth_v=True)]
+    if arch == "89":
+        i4 = SageSettings(qk_dtype="int4", pv_dtype="fp8")
+        i8 = SageSettings(qk_dtype="int8", pv_dtype="fp8")
+        return [i4, i4.replace(smooth_q=True), i8, i8.replace(smooth_q=True), i8.replace(smooth_q=True, smooth_v=True)]
+    i4 = SageSettings(qk_dtype="int4", pv_dtype="fp16")
+    i8 = SageSettings(qk_dtype="int8", pv_dtype="fp16")
+    return [i4, i4.replace(smooth_q=True), i8, i8.replace(smooth_q=True)]
