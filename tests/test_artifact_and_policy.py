@@ -72,8 +72,10 @@ def test_read_only_check_also_catches_a_file_in_the_way(tmp_path):
 def test_choose_takes_the_cheapest_candidate_within_budget():
     a, b, c = SageSettings(), SageSettings(smooth_q=True), SageSettings(smooth_q=True, smooth_v=True)
     trials = [(a, {"cos": 0.998, "rel_l1": 0.03}), (b, {"cos": 0.9993, "rel_l1": 0.02}), (c, {"cos": 0.9999, "rel_l1": 0.01})]
-    s, m, why = choose(trials, 0.999, 0.04)
+    s, m, why = choose(trials, 0.999, 0.04, margin=0.0)
     assert s == b and why is None and m["cos"] == 0.9993
+    s, m, why = choose(trials, 0.999, 0.04, margin=0.5)  # 0.9993 is within budget but not with half to spare
+    assert s == c
     s, m, why = choose(trials, 0.99999, 0.04)
     assert s is None and "best was" in why and "+sq +sv" in why
 

@@ -53,11 +53,11 @@ def measure(
         used = backend
         out = None
         if backend == "cuda":
-            from ..kernels import KernelUnavailable
+            from ..attention import KernelBackendError
 
             try:
                 out = sageattn(q, k, v, is_causal=is_causal, sm_scale=sm_scale, backend="cuda", settings=cand)
-            except KernelUnavailable:
+            except KernelBackendError:
                 used = "reference"  # e.g. INT4 on Hopper: the accuracy is the same, the speed is not measured here
         if out is None:
             out = sageattn(q, k, v, is_causal=is_causal, sm_scale=sm_scale, backend="reference", settings=cand)

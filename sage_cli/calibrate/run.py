@@ -30,6 +30,10 @@ DEFAULT_IMAGE = CALIBRATION_DIR / "image_prompts.txt"
 DEFAULT_MIN_COS = 0.999
 DEFAULT_MAX_L1 = 0.04
 MAX_SAMPLES_PER_SITE = 4  # calls whose candidates are measured per site (statistics use every call)
+# Calibration keeps this fraction of each error budget in reserve: a site measured on a few calibration
+# prompts meets the budget on held-out text too only if it was not chosen right at the edge (on SmolLM2 a
+# layer at cos 0.9991 on the calibration set measured 0.9989 on held-out text).
+BUDGET_MARGIN = 0.25
 
 
 @dataclass
@@ -77,16 +81,21 @@ def local_arch() -> Optional[str]:
     return None
 
 
-def choose(trials: list[tuple[SageSettings, dict]], min_cos: float, max_l1: float) -> tuple[Optional[SageSettings], Optional[dict], Optional[str]]:
-    """The first (cheapest) candidate whose worst call meets the budget; else None and why."""
+def choose(trials: list[tuple[SageSettings, dict]], min_cos: float, max_l1: float,
+           margin: float = BUDGET_MARGIN) -> tuple[Optional[SageSettings], Optional[dict], Optional[str]]:
+    """The first (cheapest) candidate whose worst call meets the budget with `margin` of it to spare
+    (cos >= 1 - (1 - min_cos)(1 - margin), relL1 <= max_l1 (1 - margin)); else None and why."""
+    cos_bar = 1.0 - (1.0 - min_cos) * (1.0 - margin)
+    l1_bar = max_l1 * (1.0 - margin)
     for settings, m in trials:
-        if m["cos"] >= min_cos and m["rel_l1"] <= max_l1:
+        if m["cos"] >= cos_bar and m["rel_l1"] <= l1_bar:
             return settings, m, None
     if not trials:
         return None, None, "no call was measured"
     best_s, best = max(trials, key=lambda t: (t[1]["cos"], -t[1]["rel_l1"]))
     return None, best, (
-        f"no setting met the budget (cos >= {min_cos}, relL1 <= {max_l1}); best was {best_s.label()}: "
+        f"no setting met the budget with {margin:.0%} to spare (cos >= {cos_bar:.5f}, relL1 <= {l1_bar:.4f}); "
+        f"best was {best_s.label()}: "
         f"cos {best['cos']:.5f}, relL1 {best['rel_l1']:.4f}"
     )
 
@@ -119,6 +128,8 @@ def calibrate(
     if target not in ("80", "86", "89", "90"):
         target = "90"
     cands = candidates_for(target)
+    if prompts_file is not None:
+        read_prompts(prompts_file)  # a bad prompts file is reported before the model loads
     report(progress, "loading model", 0, 1)
     loaded = loaded or M.load(model_path)
     report(progress, "loading model", 1, 1)
