@@ -261,7 +261,13 @@ class _Session:
         return f"{path}#{index}", index
 
     def run(self, call: AttentionCall) -> Tensor | None:
-        out = self.handler(call)
+        # The handler runs outside any attention frame: the attention it computes itself (full precision
+        # through SDPA, say) must reach torch, not come back here.
+        token = _FRAME.set(None)
+        try:
+            out = self.handler(call)
+        finally:
+            _FRAME.reset(token)
         if out is None:
             return None
         expected = (*call.q.shape[:-1], call.v.shape[-1])
