@@ -62,7 +62,9 @@ def inspect_tables(info: dict) -> list:
 
 def calibration_table(result) -> Table:
     t = Table(title=f"calibration of {result.model_name} for sm_{result.target_arch} -> {result.path}")
-    for c in ("site", "choice", "cos", "relL1", "q mean/amax", "k mean/amax", "why full precision"):
+    t.add_column("site", no_wrap=True)
+    t.add_column("choice", no_wrap=True)
+    for c in ("cos", "relL1", "q mean/amax", "k mean/amax", "why full precision"):
         t.add_column(c, overflow="fold")
     for site, r in result.sites.items():
         p, st = r.policy, r.stats.summary()
@@ -75,11 +77,13 @@ def calibration_table(result) -> Table:
 
 def verify_tables(rep) -> list:
     t = Table(title=f"per-site error vs float64 ({rep.backend})")
-    for c in ("site", "settings", "calls", "cos", "relL1", "RMSE", "max abs", "model-dtype relL1"):
+    t.add_column("site", no_wrap=True)
+    t.add_column("settings", no_wrap=True)
+    for c in ("calls", "cos", "relL1", "RMSE", "max abs", "model-dtype relL1"):
         t.add_column(c)
     for s in rep.sites:
         t.add_row(s.site, s.settings, str(s.calls), _f(s.cos, ".5f"), _f(s.rel_l1), _f(s.rmse, ".2e"),
-                  _f(s.max_abs, ".2e"), _f(s.fp_rel_l1))
+                  _f(s.max_abs, ".2e"), _f(s.fp_rel_l1, ".1e"))
     e = Table(title="end to end", show_header=False)
     for k, v in rep.end_to_end.items():
         e.add_row(k, _f(v, ".5f") if isinstance(v, float) else str(v))

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..artifact import write_bytes_atomic
 
 
-def plot_site_errors(rows: list[dict], path: Path, title: str) -> None:
+def plot_site_errors(rows: list[dict], path: Path, title: str, budget: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,6 +19,11 @@ def plot_site_errors(rows: list[dict], path: Path, title: str) -> None:
     colors = ["tab:gray" if r["fallback"] else "tab:blue" for r in rows]
     ax1.bar(xs, [r["rel_l1"] for r in rows], color=colors, label="sage (grey: full precision)")
     ax1.plot(xs, [r["fp_rel_l1"] for r in rows], "k.", ms=4, label="model dtype attention")
+    budget = budget or {}
+    if "max_rel_l1" in budget:
+        ax1.axhline(budget["max_rel_l1"], color="tab:red", lw=1, ls="--", label="budget")
+    if "min_cos" in budget:
+        ax2.axhline(1.0 - budget["min_cos"], color="tab:red", lw=1, ls="--")
     ax1.set_ylabel("relative L1 vs float64")
     ax1.legend(loc="upper right", fontsize=8)
     ax2.bar(xs, [max(1.0 - r["cos"], 1e-9) for r in rows], color=colors)

@@ -151,13 +151,11 @@ def verify(
     e2e["seconds"] = round(time.perf_counter() - t0, 2)
 
     sites = [errors[s] for s in sorted(errors, key=_site_order)]
-    for s in sites:  # sites calibrated but never called on these prompts still show up
-        pass
     checks = _checks(sites, e2e, loaded.kind, budget)
     rep = VerifyReport(loaded.name, loaded.kind, backend_label, str(art_path), budget, sites, e2e, checks, runtime)
     write_json_atomic(art_path / REPORT_JSON, rep.to_json())
     plot_site_errors([s.to_json() for s in sites], art_path / REPORT_PNG,
-                     f"{loaded.name}: per-site attention error vs float64 ({backend_label})")
+                     f"{loaded.name}: per-site attention error vs float64 ({backend_label})", budget)
     return rep
 
 
