@@ -57,9 +57,9 @@ class Session:
             sites = [s for s, c in self.plan.items() if c == choice]
             shown = ", ".join(sites[:3]) + (f", ... ({n} sites)" if n > 3 else "")
             print(f"sage:   {choice}: {shown}", file=stream)
-        ran = self.counts()
-        if ran:
-            print(f"sage: calls so far: {ran}", file=stream)
+        totals = self.counts().get("totals") or {}
+        if totals:
+            print("sage: calls so far: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())), file=stream)
 
     def close(self) -> None:
         self._stack.close()
