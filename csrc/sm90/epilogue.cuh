@@ -1,0 +1,81 @@
+// Output of one consumer warpgroup: O = acc / l * v_scale[c] (+ v_mean[c]) in the output dtype, written
+// straight from the accumulator fragment (two channels, 4 bytes, per store) at the caller's strides, and
+// the natural-log LSE. Rows that saw no visible key (l == 0) get O = 0 and LSE = -inf, never NaN.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+
+#include "params.cuh"
+#include "softmax.cuh"
+
+namespace sage::sm90 {
+
+__device__ __forceinline__ uint32_t pack_out(float a, float b, bool bf16) {
+  if (bf16) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  const __half2 v = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// acc: m64nD accumulator (acc[4j + 2i + e]: channel 8j + 2q + e of row `row0 + 8i`).
+// st.l holds per-thread partial sums (times 448) that the quad adds up here.
+template <int D>
+__device__ __forceinline__ void store_output(const float (&acc)[D / 2], RowState& st, const Sm90Params& p, int b,
+                                             int h, int row0, int q) {
+  const int hk = h / p.group;
+  const float* vs = p.v_scale + (static_cast<int64_t>(b) * p.heads_kv + hk) * D;
+  const float* vm = p.v_mean ? p.v_mean + (static_cast<int64_t>(b) * p.heads_kv + hk) * D : nullptr;
+  char* o_head = static_cast<char*>(p.o) + 2 * (b * p.o_stride_b + h * p.o_stride_h);
+  float inv[2];
+  bool seen[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float l = st.l[i];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    st.l[i] = l;
+    seen[i] = l > 0.f;
+    inv[i] = seen[i] ? 1.f / l : 0.f;
+  }
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    const int ch = 8 * j + 2 * q;
+    const float2 s2 = __ldg(reinterpret_cast<const float2*>(vs + ch));
+    const float2 m2 = vm ? __ldg(reinterpret_cast<const float2*>(vm + ch)) : make_float2(0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = row0 + 8 * i;
+      if (row >= p.seq_q) continue;
+      float a = acc[4 * j + 2 * i] * inv[i] * s2.x + m2.x;
+      float c = acc[4 * j + 2 * i + 1] * inv[i] * s2.y + m2.y;
+      if (!seen[i]) a = c = 0.f;
+      *reinterpret_cast<uint32_t*>(o_head + 2 * (row * p.o_stride_n + ch)) = pack_out(a, c, p.out_bf16);
+    }
+  }
+  if (p.lse && q == 0) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = row0 + 8 * i;
+      if (row >= p.seq_q) continue;
+      const float lse = seen[i] ? (st.m[i] + log2f(st.l[i]) - kLog2FP8Max) * 0.6931471805599453f : -CUDART_INF_F;
+      p.lse[(static_cast<int64_t>(b) * p.heads_q + h) * p.seq_q + row] = lse;
+    }
+  }
+}
+
+// A Q block none of whose rows sees a key (causal with Nq > Nk): O = 0, LSE = -inf.
+template <int D>
+__device__ __forceinline__ void store_masked_rows(const Sm90Params& p, int b, int h, int row0, int q) {
+  float zero[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) zero[i] = 0.f;
+  RowState st;
+  st.m[0] = st.m[1] = -CUDART_INF_F;
+  st.l[0] = st.l[1] = 0.f;
+  store_output<D>(zero, st, p, b, h, row0, q);
+}
+
+}  // namespace sage::sm90

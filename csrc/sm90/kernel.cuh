@@ -1,0 +1,336 @@
+// The warp-specialized sm90 attention kernel: INT8 QK^T by wgmma s8 (both operands from shared memory),
+// FP8 P.V by wgmma e4m3 (P from registers), TMA loads through an mbarrier pipeline.
+//
+// Roles (one CTA of 384 threads, persistent over work tiles; see tile_scheduler.cuh):
+//   warpgroup 0, one thread: producer. Loads the Q block once per tile, then K and V^T tiles into
+//     kStages slots (full/empty mbarrier pairs; K and V separately, since K frees after QK and V after
+//     P.V). Gives its registers to the consumers (setmaxnreg).
+//   warpgroups 1, 2: consumers, 64 Q rows each. Per K tile n:
+//       issue QK(n) -> S;  issue P(n-1).V(n-1) -> acc_pv            (one batch of wgmmas)
+//       wait QK(n) [and, unless kOverlapPV, P.V(n-1)]; free the K slot
+//       acc_o = acc_o * alpha(n-1) + acc_pv                         (the two-level accumulation)
+//       softmax(n) (dequantize, mask, online max, exp2, row sum)
+//       P(n) = e4m3(448 * p), already in A-fragment order (p_fragment.cuh)
+//     With kOverlapPV the P.V(n-1) wait moves after the softmax, so the tensor cores work on it while
+//     the warpgroup runs exp2; that needs P.V's accumulator live through the softmax, which only fits the
+//     register budget at D = 64 or in narrow mode. The two consumers run independently by default
+//     (Traits::kPingPong, see sched_wait).
+#pragma once
+#include <cuda.h>
+#include <math_constants.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <type_traits>
+
+#include "../common/mbarrier.cuh"
+#include "../sage_abi.h"
+#include "../common/tma.cuh"
+#include "../common/wgmma.cuh"
+#include "epilogue.cuh"
+#include "p_fragment.cuh"
+#include "params.cuh"
+#include "softmax.cuh"
+#include "tile_scheduler.cuh"
+#include "traits.cuh"
+
+namespace sage::sm90 {
+
+// Group index of Q row r / K token t (sage_cli/settings.py; SageGranularity order).
+__device__ __forceinline__ int q_group(int r, int gran) {
+  return gran == 0 ? (r >> 4) * 8 + (r & 7) : gran == 1 ? (r >> 4) : (r >> 6);
+}
+__device__ __forceinline__ int k_group(int t, int gran) { return gran == 0 ? (t >> 6) * 4 + ((t & 7) >> 1) : (t >> 6); }
+
+template <class Traits, bool CAUSAL>
+__device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const Sm90Params& p, const CUtensorMap* tm_q,
+                                              const CUtensorMap* tm_k, const CUtensorMap* tm_v) {
+  constexpr int S = Traits::kStages;
+  uint32_t k_iter = 0, q_count = 0;
+  for (int tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x) {
+    const WorkTile w = decode_tile<CAUSAL, Traits::kBlkQ, Traits::kBlkK>(tile, p);
+    if (w.n_k_tiles == 0) continue;
+    const int hk = w.h / p.group;
+    const int kv_head = w.b * p.heads_kv + hk;
+    mbar_wait(&sm.empty_q, (q_count & 1) ^ 1);
+    mbar_arrive_expect_tx(&sm.full_q, Traits::kQBytes);
+    tma_load_3d(sm.q, tm_q, &sm.full_q, 0, w.q_block * Traits::kBlkQ, w.b * p.heads_q + w.h);
+    ++q_count;
+    for (int n = 0; n < w.n_k_tiles; ++n, ++k_iter) {
+      const int st = k_iter % S;
+      const uint32_t ph = (k_iter / S) & 1;
+      mbar_wait(&sm.empty_k[st], ph ^ 1);
+      mbar_arrive_expect_tx(&sm.full_k[st], Traits::kKBytes);
+      if constexpr (Traits::kKOrder == KOrder::kPermuted) {
+        // Coordinates: channel, e, q, j', 16-token chunk (the map flattens B * Hkv * Nk_pad / 16).
+        const int chunk = (kv_head * p.seq_k_pad + n * Traits::kBlkK) / 16;
+        tma_load_5d(sm.k[st], tm_k, &sm.full_k[st], 0, 0, 0, 0, chunk);
+      } else {
+        tma_load_3d(sm.k[st], tm_k, &sm.full_k[st], 0, n * Traits::kBlkK, kv_head);
+      }
+      mbar_wait(&sm.empty_v[st], ph ^ 1);
+      mbar_arrive_expect_tx(&sm.full_v[st], Traits::kVBytes);
+      tma_load_3d(sm.v[st], tm_v, &sm.full_v[st], n * Traits::kBlkK, 0, kv_head);
+    }
+  }
+}
+
+template <class Traits>
+__device__ __forceinline__ void issue_pv(float (&acc_pv)[Traits::kORegs], const uint32_t (&pa)[Traits::kPVSteps][4],
+                                         uint32_t desc_v_lo, bool accumulate) {
+  constexpr uint32_t hi = smem_desc_hi(Traits::kVGroupStride, Swizzle::k128B);
+#pragma unroll
+  for (int kk = 0; kk < Traits::kPVSteps; ++kk) {
+    const uint64_t dv = smem_desc(desc_v_lo + 2 * kk, hi);  // +32 bytes per k32 step
+    if constexpr (Traits::D == 128)
+      wgmma_m64n128k32_f32_e4m3_rs(acc_pv, pa[kk], dv, accumulate || kk > 0);
+    else
+      wgmma_m64n64k32_f32_e4m3_rs(acc_pv, pa[kk], dv, accumulate || kk > 0);
+  }
+}
+
+template <class Traits>
+__device__ __forceinline__ void issue_qk(uint32_t (&s)[Traits::kSRegs], uint32_t desc_q_lo, uint32_t desc_k_lo) {
+  constexpr uint32_t hi = smem_desc_hi(Traits::kQKGroupStride, Traits::kQKSwizzle);
+#pragma unroll
+  for (int kk = 0; kk < Traits::kQKSteps; ++kk)
+    wgmma_m64n128k32_s32_s8_ss(s, smem_desc(desc_q_lo + 2 * kk, hi), smem_desc(desc_k_lo + 2 * kk, hi), kk > 0);
+}
+
+// The register A operand of an in-flight wgmma is read asynchronously: keep it live past the wait.
+template <int K>
+__device__ __forceinline__ void fence_p(uint32_t (&pa)[K][4]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) fence_regs(pa[k]);
+}
+
+// Ping-pong of the two consumers at the tensor cores (Traits::kPingPong): wait for my turn, release the
+// other's. Off by default: measured on an H100 (bench/NOTES.md), this kernel is bound by the softmax's
+// issue slots and latencies, not by the tensor cores, and letting both consumers' softmax run at once
+// (two warps per scheduler to hide latency instead of one) was faster at both head dims.
+template <bool ON>
+__device__ __forceinline__ void sched_wait(int cw) {
+  if constexpr (ON) named_barrier_sync(kSchedBarrierBase + cw, kSchedBarrierThreads);
+}
+template <bool ON>
+__device__ __forceinline__ void sched_release(int cw) {
+  if constexpr (ON) named_barrier_arrive(kSchedBarrierBase + 1 - cw, kSchedBarrierThreads);
+}
+
+template <int N>
+__device__ __forceinline__ void scale_rows(float (&acc)[N], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i] *= alpha[(i >> 1) & 1];
+}
+
+template <class Traits, bool CAUSAL, bool HAS_DS, bool NARROW>
+__device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const Sm90Params& p, int cw) {
+  constexpr int S = Traits::kStages;
+  constexpr int D = Traits::D;
+  constexpr KOrder ORDER = Traits::kKOrder;
+  // Overlap P.V(n-1) with softmax(n) inside the warpgroup (on top of the ping-pong between the two
+  // warpgroups) only where the registers allow: it keeps the P.V accumulator and P(n-1) live through the
+  // softmax. At D = 128 with the two-level fp32 accumulator that is 64 + 64 + 64 + 16 registers before
+  // any scalar, past the 240 a consumer has, so there P.V(n-1) is waited for before the softmax.
+#ifdef SAGE_SM90_FORCE_OVERLAP  // experiments only: 0 or 1 overrides the choice below
+  constexpr bool kOverlapPV = SAGE_SM90_FORCE_OVERLAP;
+#else
+  constexpr bool kOverlapPV = D == 64 || NARROW;
+#endif
+  const int tid = threadIdx.x - 128 * (cw + 1);
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const float c = p.scale_log2;
+  uint32_t q_count = 0;
+  // Pipeline position of the next K tile: slot and phase bit, advanced incrementally (no div/mod).
+  int stg = 0;
+  uint32_t ph = 0;
+
+  // With the ping-pong on, consumer 0 goes first: consumer 1 opens its first turn once.
+  if (cw == 1) sched_release<Traits::kPingPong>(1);
+
+  // Registers are the scarce resource here (D = 128 holds S, two O accumulators and P at once), so
+  // per-thread constants are kept few: one descriptor base (Q, K and V slots are fixed offsets from it)
+  // and one k-scale offset; masks and scale strides are rederived from kernel parameters when used.
+  const uint32_t desc_base_lo = smem_desc_lo(sm.q);
+  constexpr uint32_t kDescK = (offsetof(typename Traits::Smem, k) - offsetof(typename Traits::Smem, q)) >> 4;
+  constexpr uint32_t kDescV = (offsetof(typename Traits::Smem, v) - offsetof(typename Traits::Smem, q)) >> 4;
+  const uint32_t desc_q_lo = desc_base_lo + cw * (Traits::kRowsPerConsumer * D >> 4);
+
+  // The four k scales this thread needs per tile (slot t = 2 * half + j%2) sit at
+  // k_scale[n * per_tile + ks_off + {0, d1, d2, d1 + d2}] for every granularity.
+  const int ks_off = k_group(column_token<ORDER>(0, q, 0), p.granularity);
+
+  for (int tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x) {
+    const WorkTile w = decode_tile<CAUSAL, Traits::kBlkQ, Traits::kBlkK>(tile, p);
+    const int wg_row0 = w.q_block * Traits::kBlkQ + cw * Traits::kRowsPerConsumer;
+    const int row0 = wg_row0 + warp * 16 + g;
+    if (w.n_k_tiles == 0) {
+      store_masked_rows<D>(p, w.b, w.h, row0, q);
+      continue;
+    }
+    const int hk = w.h / p.group;
+    const int64_t q_head = static_cast<int64_t>(w.b) * p.heads_q + w.h;
+    const int64_t kv_head = static_cast<int64_t>(w.b) * p.heads_kv + hk;
+    const float* k_scale = p.k_scale + kv_head * p.nk_groups + ks_off;
+    float q_sc[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) q_sc[i] = p.q_scale[q_head * p.nq_groups + q_group(row0 + 8 * i, p.granularity)] * c;
+    const float* ds_row = HAS_DS ? p.ds + (q_head * (p.seq_q_pad / 64) + wg_row0 / 64) * p.seq_k_pad : nullptr;
+    // Tokens at or past this are masked for some row of this warpgroup (its first row sees the fewest).
+    const int first_masked_tok = CAUSAL ? min(p.seq_k, wg_row0 + 1 + p.seq_k - p.seq_q) : p.seq_k;
+
+    RowState st;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      st.m[i] = -CUDART_INF_F;
+      st.l[i] = 0.f;
+      st.alpha[i] = 0.f;
+    }
+    float alpha_prev[2] = {0.f, 0.f};
+    float acc_o[Traits::kORegs], acc_pv[Traits::kORegs];
+#pragma unroll
+    for (int i = 0; i < Traits::kORegs; ++i) acc_o[i] = acc_pv[i] = 0.f;
+    uint32_t pa[Traits::kPVSteps][4];
+
+    mbar_wait(&sm.full_q, q_count & 1);
+    ++q_count;
+
+    // One K tile. FIRST has no P.V of a previous tile to issue; keeping that a compile-time difference
+    // (rather than `if (n > 0)`) leaves no wgmma on a divergent path, which ptxas would serialize.
+    auto step = [&](int n, auto first_tag) {
+      constexpr bool FIRST = decltype(first_tag)::value;
+      const int prev = stg == 0 ? S - 1 : stg - 1;  // the previous tile's V slot (not FIRST)
+      const uint32_t prev_ph = stg == 0 ? ph ^ 1 : ph;
+      float scale[2][4];
+      {
+        const bool per_thread = p.granularity == SAGE_PER_THREAD;
+        const int d1 = ORDER == KOrder::kPermuted && per_thread ? 1 : 0;  // the other slot of a 64-token half
+        const int d2 = per_thread ? 4 : 1;                                 // the next 64-token half
+        const float* ks = k_scale + n * (per_thread ? Traits::kBlkK / 16 : Traits::kBlkK / 64);
+        const float k4[4] = {__ldg(ks), __ldg(ks + d1), __ldg(ks + d2), __ldg(ks + d1 + d2)};
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          scale[0][t] = q_sc[0] * k4[t];
+          scale[1][t] = q_sc[1] * k4[t];
+        }
+      }
+
+      sched_wait<Traits::kPingPong>(cw);
+      mbar_wait(&sm.full_k[stg], ph);
+      // V(n-1) was loaded before K(n), so waiting for it here costs nothing, and it keeps the spin loop
+      // out of the stretch between wgmma_fence and the last wgmma (ptxas serializes wgmmas otherwise).
+      if constexpr (!FIRST) mbar_wait(&sm.full_v[prev], prev_ph);
+      uint32_t s[Traits::kSRegs];
+      wgmma_fence();
+      issue_qk<Traits>(s, desc_q_lo, desc_base_lo + kDescK + stg * (Traits::kKBytes >> 4));
+      wgmma_commit();
+      if constexpr (!FIRST) {
+        issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + prev * (Traits::kVBytes >> 4), NARROW);
+        wgmma_commit();
+      }
+      sched_release<Traits::kPingPong>(cw);
+
+      // Finishing P.V(n-1) (wait, free its V slot, fold it into acc_o).
+      auto finish_pv = [&]() {
+        fence_regs(acc_pv);
+        fence_p(pa);  // P(n-1) stays allocated until its wgmma has read it
+        if (lane == 0) mbar_arrive(&sm.empty_v[prev]);
+        if constexpr (!NARROW) {
+#pragma unroll
+          for (int i = 0; i < Traits::kORegs; ++i) acc_o[i] = acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
+        }
+      };
+      if constexpr (FIRST || !kOverlapPV) wgmma_wait<0>(); else wgmma_wait<1>();
+      fence_regs(s);
+      if (lane == 0) {
+        mbar_arrive(&sm.empty_k[stg]);
+        if (n == w.n_k_tiles - 1) mbar_arrive(&sm.empty_q);  // the last read of this Q block
+      }
+      if constexpr (!FIRST && !kOverlapPV) finish_pv();
+
+      TileColumns cols;
+      cols.tok0 = n * Traits::kBlkK;
+#pragma unroll
+      for (int i = 0; i < 2; ++i)  // rows g, g+8 (causal: bottom-right aligned diagonal)
+        cols.limit[i] = CAUSAL ? min(p.seq_k, row0 + 8 * i + 1 + p.seq_k - p.seq_q) : p.seq_k;
+      cols.ds = HAS_DS ? ds_row + cols.tok0 : nullptr;
+      float x[Traits::kSRegs];
+      if (cols.tok0 + Traits::kBlkK > first_masked_tok)
+        softmax_tile<ORDER, true, HAS_DS>(s, x, st, scale, cols, c, q);
+      else
+        softmax_tile<ORDER, false, HAS_DS>(s, x, st, scale, cols, c, q);
+
+      if constexpr (!FIRST && kOverlapPV) {
+        wgmma_wait<0>();
+        finish_pv();
+      }
+      // Narrow: the one accumulator follows the running max before P(n).V(n) lands in it.
+      if constexpr (NARROW) scale_rows(acc_pv, st.alpha);
+      pack_p_fragment<ORDER>(x, pa, q);
+      alpha_prev[0] = st.alpha[0];
+      alpha_prev[1] = st.alpha[1];
+      if (++stg == S) {
+        stg = 0;
+        ph ^= 1;
+      }
+    };
+
+    step(0, std::true_type{});
+    for (int n = 1; n < w.n_k_tiles; ++n) step(n, std::false_type{});
+
+    // P.V of the last tile, in this consumer's turn like every other wgmma.
+    {
+      const int last = stg == 0 ? S - 1 : stg - 1;
+      const uint32_t last_ph = stg == 0 ? ph ^ 1 : ph;
+      sched_wait<Traits::kPingPong>(cw);
+      mbar_wait(&sm.full_v[last], last_ph);
+      wgmma_fence();
+      issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + last * (Traits::kVBytes >> 4), NARROW);
+      wgmma_commit();
+      sched_release<Traits::kPingPong>(cw);
+      wgmma_wait<0>();
+      fence_regs(acc_pv);
+      fence_p(pa);
+      if (lane == 0) mbar_arrive(&sm.empty_v[last]);
+    }
+#pragma unroll
+    for (int i = 0; i < Traits::kORegs; ++i)
+      acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
+    store_output<D>(acc_o, st, p, w.b, w.h, row0, q);
+  }
+}
+
+template <class Traits, bool CAUSAL, bool HAS_DS, bool NARROW>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    sm90_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                     const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ Sm90Params p) {
+  extern __shared__ uint8_t smem_raw[];
+  // 1024-byte alignment: the 128B swizzle pattern repeats every 1024 bytes of shared address space.
+  auto& sm = *reinterpret_cast<typename Traits::Smem*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                                       ~static_cast<uintptr_t>(1023));
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    mbar_init(&sm.full_q, 1);
+    mbar_init(&sm.empty_q, 4 * Traits::kConsumers);  // lane 0 of every consumer warp
+    for (int s = 0; s < Traits::kStages; ++s) {
+      mbar_init(&sm.full_k[s], 1);
+      mbar_init(&sm.empty_k[s], 4 * Traits::kConsumers);
+      mbar_init(&sm.full_v[s], 1);
+      mbar_init(&sm.empty_v[s], 4 * Traits::kConsumers);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0) producer_loop<Traits, CAUSAL>(sm, p, &tm_q, &tm_k, &tm_v);
+    return;  // the two roles never rejoin: ptxas allocates each branch under its own register budget
+  } else {
+    warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    consumer_loop<Traits, CAUSAL, HAS_DS, NARROW>(sm, p, wg - 1);
+    return;
+  }
+}
+
+}  // namespace sage::sm90

@@ -1,0 +1,78 @@
+// Tile sizes, register budgets and the shared-memory layout of the sm90 attention kernel, in one place.
+//
+// One CTA = 3 warpgroups: a producer (TMA loads, few registers) and two consumers of 64 Q rows each
+// (BLK_Q = 128), so each consumer's QK tile is one wgmma m64n128 and its P.V one m64nD.
+// Why BLK_K = 128 at both head dims: the S accumulator (64 regs), the P.V block accumulator (D/2), the
+// fp32 output accumulator of the two-level scheme (D/2) and P in FP8 (16) must all live at once while the
+// P.V wgmma of the previous tile overlaps this tile's softmax; at D = 128 that is ~210 of the 240
+// registers a consumer gets.
+#pragma once
+#include <cuda.h>
+#include <stdint.h>
+
+#include "../common/wgmma.cuh"
+
+namespace sage::sm90 {
+
+// How K tiles are laid out in shared memory (see p_fragment.cuh for why this matters).
+//   kPermuted: tokens reordered within each 32 by the TMA itself (a 5-D tensor map), so that the S
+//              accumulator a thread holds is already the A fragment of the FP8 P.V wgmma.
+//   kNatural:  plain token order; P is moved into A-fragment order with four shuffles per k-step.
+enum class KOrder : int { kPermuted = 0, kNatural = 1 };
+
+template <int HEAD_DIM, KOrder K_ORDER>
+struct Sm90AttnTraits {
+  static constexpr int D = HEAD_DIM;
+  static constexpr KOrder kKOrder = K_ORDER;
+  static_assert(D == 64 || D == 128, "sm90 attention serves head dims 64 and 128");
+
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kRowsPerConsumer = 64;
+  static constexpr int kBlkQ = kRowsPerConsumer * kConsumers;  // 128 = SAGE_SEQ_PAD: tiles never straddle heads
+  static constexpr int kBlkK = 128;
+  static constexpr int kStages = D == 128 ? 3 : 4;  // K and V tiles in flight (1 CTA per SM either way)
+
+#ifdef SAGE_SM90_PINGPONG  // experiments: 1 turns the consumer ping-pong on (see kernel.cuh)
+  static constexpr bool kPingPong = SAGE_SM90_PINGPONG;
+#else
+  static constexpr bool kPingPong = false;
+#endif
+
+  static constexpr int kProducerRegs = 24;   // the producer only issues TMA
+  static constexpr int kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K registers
+
+  static constexpr int kQKSteps = D / 32;      // k32 steps of the int8 QK wgmma
+  static constexpr int kPVSteps = kBlkK / 32;  // k32 steps of the e4m3 P.V wgmma
+  static constexpr int kSRegs = kBlkK / 2;     // int32 S accumulator per thread (64 x 128 / 128 threads)
+  static constexpr int kORegs = D / 2;         // fp32 O accumulator per thread
+
+  // Q and K tiles: rows of D bytes, swizzled over exactly one row (128B for D=128, 64B for D=64).
+  static constexpr Swizzle kQKSwizzle = D == 128 ? Swizzle::k128B : Swizzle::k64B;
+  static constexpr CUtensorMapSwizzle kQKTmaSwizzle =
+      D == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  static constexpr uint32_t kQKGroupStride = 8 * D;  // bytes between 8-row core-matrix groups
+  // V^T tiles: D rows (channels) of kBlkK = 128 token bytes, 128B swizzle.
+  static constexpr uint32_t kVGroupStride = 8 * kBlkK;
+
+  static constexpr uint32_t kQBytes = kBlkQ * D;
+  static constexpr uint32_t kKBytes = kBlkK * D;
+  static constexpr uint32_t kVBytes = D * kBlkK;
+
+  struct alignas(1024) Smem {
+    alignas(1024) int8_t q[kQBytes];
+    alignas(1024) int8_t k[kStages][kKBytes];
+    alignas(1024) uint8_t v[kStages][kVBytes];
+    uint64_t full_q, empty_q;
+    uint64_t full_k[kStages], empty_k[kStages];
+    uint64_t full_v[kStages], empty_v[kStages];
+  };
+  static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;  // + slack to align the dynamic base
+};
+
+// Named barrier ids (0 is __syncthreads): consumer c waits on kSchedBase + c for its turn at the tensor
+// cores and releases kSchedBase + (1 - c) once its wgmmas are issued.
+constexpr int kSchedBarrierBase = 1;
+constexpr int kSchedBarrierThreads = 256;
+
+}  // namespace sage::sm90
