@@ -1,0 +1,95 @@
+// Numeric helpers shared by the quantization kernels: 16-byte vector loads of fp16/bf16 as fp32,
+// round-to-nearest-even integer quantization, INT4/INT8 packing, FP8 E4M3 packing, warp reductions.
+//
+// Everything here is exact IEEE arithmetic on purpose (__fdiv_rn, __float2int_rn): the reference in
+// sage_cli/numerics/quantize.py computes round(x / scale) in float32, and an approximate division would
+// flip the rounding of values near .5 far more often than the rare ties the tests allow. The files are
+// therefore safe to build with or without --use_fast_math.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+#include "../sage_abi.h"
+
+namespace sage {
+
+// SageDType -> element type.
+template <int DTYPE> struct ElemOf;
+template <> struct ElemOf<SAGE_FP16> { using type = __half; };
+template <> struct ElemOf<SAGE_BF16> { using type = __nv_bfloat16; };
+
+__device__ __forceinline__ float2 to_float2(uint32_t w, __half) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
+__device__ __forceinline__ float2 to_float2(uint32_t w, __nv_bfloat16) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+}
+
+// Eight consecutive 16-bit elements (one 16-byte read-only load; p must be 16-byte aligned) -> fp32.
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = to_float2(w[i], T{});
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void fill(float (&x)[N], float v) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) x[i] = v;
+}
+
+// Symmetric quantization of one value: round(x / scale) to nearest even, clamped to [-qmax, qmax].
+__device__ __forceinline__ int quantize_rn(float x, float scale, int qmax) {
+  const int q = __float2int_rn(__fdiv_rn(x, scale));
+  return max(-qmax, min(qmax, q));
+}
+
+// Eight signed INT8 values -> 8 bytes, channel order preserved.
+__device__ __forceinline__ uint2 pack_int8x8(const int (&q)[8]) {
+  uint32_t lo = 0, hi = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    lo |= (static_cast<uint32_t>(q[i]) & 0xffu) << (8 * i);
+    hi |= (static_cast<uint32_t>(q[4 + i]) & 0xffu) << (8 * i);
+  }
+  return make_uint2(lo, hi);
+}
+
+// Eight signed INT4 values -> 4 bytes, the even channel in the low nibble (the mma fragment order).
+__device__ __forceinline__ uint32_t pack_int4x8(const int (&q)[8]) {
+  uint32_t w = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) w |= (static_cast<uint32_t>(q[i]) & 0xfu) << (4 * i);
+  return w;
+}
+
+// Four floats -> four FP8 E4M3 bytes (first value in the low byte), round to nearest even, saturating
+// to +-448 (__NV_SATFINITE): the "static scales saturate, never overflow" rule of the contract.
+__device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
+  return (lo & 0xffffu) | (hi << 16);
+}
+
+// Max / sum over `WIDTH` consecutive lanes (WIDTH a power of two <= 32; all lanes of the warp call it).
+template <int WIDTH>
+__device__ __forceinline__ float group_max(float v) {
+#pragma unroll
+  for (int o = WIDTH / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// atomicMax for non-negative floats: their IEEE bit patterns order like the values as signed ints.
+__device__ __forceinline__ void atomic_max_nonneg(float* addr, float v) {
+  atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
+}
+
+}  // namespace sage

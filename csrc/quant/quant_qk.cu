@@ -1,0 +1,245 @@
+// Smoothing + INT8/INT4 quantization of Q and K: sage::quant_qk (conventions: sage_cli/numerics/quantize.py).
+//
+// Three stream-ordered steps, each at most one pass over its tensor:
+//   1. k_mean = 0 (memset).
+//   2. One launch, two kinds of blocks. K-mean blocks reduce 256 tokens of one (b, kv-head) and add
+//      sum / Nk into k_mean with atomics; Q-tile blocks take 64 rows of one (b, head): optional block
+//      mean (written to q_mean) and smoothing, group scales, quantization. Q does not depend on K, so the
+//      Q work fills the GPU while the short K-mean pass runs.
+//   3. K-tile blocks, 64 tokens each: K - k_mean, group scales, quantization.
+// K is read twice (its mean must be known before any token is quantized); Q once. The atomics make k_mean
+// order-dependent in its last bit, which can flip a rounding tie of K now and then; nothing else is.
+#include "../common/check.cuh"
+#include "common.cuh"
+
+namespace sage {
+namespace quant {
+namespace {
+
+constexpr int kTile = 64;  // rows per Q tile and tokens per K tile
+static_assert(kTile == SAGE_SMOOTH_Q_BLOCK && kTile == SAGE_K_BLOCK, "one tile = one smoothing/scale block");
+constexpr float kScaleFloor = 1e-8f;  // settings.SCALE_FLOOR
+
+// The group of row r (0..63) inside its tile: settings.q_group_index / k_group_index with the tile's
+// first group subtracted. A 64-row tile always holds whole groups, so tile t's groups start at
+// t * groups_per_tile.
+template <bool IS_Q>
+__device__ __forceinline__ int local_group(int r, int gran) {
+  if (IS_Q) {
+    if (gran == SAGE_PER_THREAD) return (r / 16) * 8 + r % 8;  // rows r and r+8 of each 16-row slice
+    if (gran == SAGE_PER_WARP) return r / 16;
+    return 0;
+  }
+  if (gran == SAGE_PER_THREAD) return (r % 8) / 2;  // tokens 2g, 2g+1 of every 8
+  return 0;
+}
+
+// amax of tile-local group g from the row maxima: the rows of each group written out (the inverse of
+// local_group), so one thread reads only its group's rows.
+template <bool IS_Q>
+__device__ __forceinline__ float group_amax(const float* row_amax, int g, int gran) {
+  float a = 0.f;
+  if (IS_Q && gran == SAGE_PER_THREAD) {
+    const int r0 = (g / 8) * 16 + g % 8;
+    a = fmaxf(row_amax[r0], row_amax[r0 + 8]);
+  } else if (IS_Q && gran == SAGE_PER_WARP) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) a = fmaxf(a, row_amax[16 * g + i]);
+  } else if (!IS_Q && gran == SAGE_PER_THREAD) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a = fmaxf(a, fmaxf(row_amax[8 * j + 2 * g], row_amax[8 * j + 2 * g + 1]));
+  } else {  // one group per tile
+#pragma unroll
+    for (int r = 0; r < kTile; ++r) a = fmaxf(a, row_amax[r]);
+  }
+  return a;
+}
+
+__host__ __device__ inline int groups_per_tile(bool is_q, int gran) {
+  if (is_q) return gran == SAGE_PER_THREAD ? 32 : gran == SAGE_PER_WARP ? 4 : 1;
+  return gran == SAGE_PER_THREAD ? 4 : 1;
+}
+
+template <int D>
+struct TileSmem {
+  float red[Rows<D>::kRowsPerPass * D];  // partial channel sums (block mean, K mean)
+  float mean[D];
+  float row_amax[kTile];
+  float scale[32];
+};
+
+enum class Smooth { kNone, kBlockMean, kGiven };
+
+// Quantize one tile of up to 64 rows (`valid` of them real; the rest are written as zero).
+//   src:  row 0 of the tile, rows `stride_n` elements apart
+//   mean: kBlockMean -> the block mean is computed and written there ([D] floats);
+//         kGiven -> subtracted from every real row; kNone -> unused
+//   dst:  row 0 of the tile in the quantized buffer; scale_out: the tile's first group scale
+template <int D, typename T, int QK, bool IS_Q, Smooth SMOOTH>
+__device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* mean, int gran,
+                              uint8_t* dst, float* scale_out, TileSmem<D>& sm) {
+  using R = Rows<D>;
+  constexpr int kPasses = kTile / R::kRowsPerPass;
+  constexpr int kQmax = QK == SAGE_QK_INT8 ? 127 : 7;
+  const int c = R::col();
+
+  float x[kPasses][8];
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = R::row() + i * R::kRowsPerPass;
+    if (r < valid) load8(src + r * stride_n + c, x[i]);
+    else fill(x[i], 0.f);
+  }
+
+  if (SMOOTH == Smooth::kBlockMean) {
+    float s[8];
+    fill(s, 0.f);
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s[j] += x[i][j];  // pad rows are zero
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sm.red[R::row() * D + c + j] = s[j];
+    __syncthreads();
+    if (threadIdx.x < D) {
+      float t = 0.f;
+      for (int i = 0; i < R::kRowsPerPass; ++i) t += sm.red[i * D + threadIdx.x];
+      const float m = __fdiv_rn(t, static_cast<float>(max(valid, 1)));  // an all-pad tile has mean 0
+      sm.mean[threadIdx.x] = m;
+      mean[threadIdx.x] = m;
+    }
+  } else if (SMOOTH == Smooth::kGiven) {
+    if (threadIdx.x < D) sm.mean[threadIdx.x] = mean[threadIdx.x];
+  }
+  if (SMOOTH != Smooth::kNone) {
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      if (R::row() + i * R::kRowsPerPass < valid) {  // pad rows stay zero, not -mean
+#pragma unroll
+        for (int j = 0; j < 8; ++j) x[i][j] -= sm.mean[c + j];
+      }
+    }
+  }
+
+  // Row amax over the D / 8 lanes that share the row, then each group's amax from the row maxima.
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    float a = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a = fmaxf(a, fabsf(x[i][j]));
+    a = group_max<R::kLanesPerRow>(a);
+    if (threadIdx.x % R::kLanesPerRow == 0) sm.row_amax[R::row() + i * R::kRowsPerPass] = a;
+  }
+  __syncthreads();
+  const int ngroups = groups_per_tile(IS_Q, gran);
+  if (static_cast<int>(threadIdx.x) < ngroups) {
+    const float a = group_amax<IS_Q>(sm.row_amax, threadIdx.x, gran);
+    const float s = __fdiv_rn(fmaxf(a, kScaleFloor), static_cast<float>(kQmax));
+    sm.scale[threadIdx.x] = s;
+    scale_out[threadIdx.x] = s;
+  }
+  __syncthreads();
+
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = R::row() + i * R::kRowsPerPass;
+    const float s = sm.scale[local_group<IS_Q>(r, gran)];
+    int q[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) q[j] = quantize_rn(x[i][j], s, kQmax);
+    if (QK == SAGE_QK_INT8) {
+      *reinterpret_cast<uint2*>(dst + static_cast<int64_t>(r) * D + c) = pack_int8x8(q);
+    } else {
+      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(r) * (D / 2) + c / 2) = pack_int4x8(q);
+    }
+  }
+}
+
+template <int QK>
+__host__ __device__ inline int row_bytes(int d) { return QK == SAGE_QK_INT8 ? d : d / 2; }
+
+template <int D, int DT, int QK>
+__global__ void __launch_bounds__(kThreads) q_tiles_and_k_mean(SageQuantQKParams p, int q_blocks, int k_chunks) {
+  using T = typename ElemOf<DT>::type;
+  __shared__ TileSmem<D> sm;
+  if (static_cast<int>(blockIdx.x) < q_blocks) {
+    const int tiles = p.seq_q_pad / kTile;
+    const int tile = blockIdx.x % tiles;
+    const int bh = blockIdx.x / tiles;
+    const int b = bh / p.heads_q, h = bh % p.heads_q;
+    const int row0 = tile * kTile;
+    const T* src = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h + row0 * p.q_stride_n;
+    const int valid = min(kTile, p.seq_q - row0);
+    uint8_t* dst = static_cast<uint8_t*>(p.q_int) + (static_cast<int64_t>(bh) * p.seq_q_pad + row0) * row_bytes<QK>(D);
+    const int gpt = groups_per_tile(true, p.granularity);
+    float* scale_out = p.q_scale + static_cast<int64_t>(bh) * (p.seq_q_pad / kTile) * gpt + tile * gpt;
+    if (p.smooth_q) {
+      float* mean = p.q_mean + (static_cast<int64_t>(bh) * tiles + tile) * D;
+      quantize_tile<D, T, QK, true, Smooth::kBlockMean>(src, p.q_stride_n, valid, mean, p.granularity, dst, scale_out, sm);
+    } else {
+      quantize_tile<D, T, QK, true, Smooth::kNone>(src, p.q_stride_n, valid, nullptr, p.granularity, dst, scale_out, sm);
+    }
+  } else {
+    const int idx = blockIdx.x - q_blocks;
+    const int chunk = idx % k_chunks;
+    const int bh = idx / k_chunks;
+    const int b = bh / p.heads_kv, h = bh % p.heads_kv;
+    const T* src = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
+    const int t0 = chunk * kReduceChunk;
+    const int t1 = min(t0 + kReduceChunk, p.seq_k);
+    const float s = reduce_channels<D, T, Reduce::kSum>(src, p.k_stride_n, t0, t1, nullptr, sm.red);
+    if (threadIdx.x < D) atomicAdd(p.k_mean + static_cast<int64_t>(bh) * D + threadIdx.x, __fdiv_rn(s, static_cast<float>(p.seq_k)));
+  }
+}
+
+template <int D, int DT, int QK>
+__global__ void __launch_bounds__(kThreads) k_tiles(SageQuantQKParams p) {
+  using T = typename ElemOf<DT>::type;
+  __shared__ TileSmem<D> sm;
+  const int tiles = p.seq_k_pad / kTile;
+  const int tile = blockIdx.x % tiles;
+  const int bh = blockIdx.x / tiles;
+  const int b = bh / p.heads_kv, h = bh % p.heads_kv;
+  const int row0 = tile * kTile;
+  const T* src = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h + row0 * p.k_stride_n;
+  const int valid = min(kTile, p.seq_k - row0);
+  uint8_t* dst = static_cast<uint8_t*>(p.k_int) + (static_cast<int64_t>(bh) * p.seq_k_pad + row0) * row_bytes<QK>(D);
+  const int gpt = groups_per_tile(false, p.granularity);
+  float* scale_out = p.k_scale + static_cast<int64_t>(bh) * tiles * gpt + tile * gpt;
+  quantize_tile<D, T, QK, false, Smooth::kGiven>(src, p.k_stride_n, valid, p.k_mean + static_cast<int64_t>(bh) * D,
+                                                  p.granularity, dst, scale_out, sm);
+}
+
+template <int D, int DT, int QK>
+int launch(const SageQuantQKParams& p, cudaStream_t stream) {
+  const size_t mean_bytes = sizeof(float) * static_cast<size_t>(p.batch) * p.heads_kv * D;
+  SAGE_CUDA_TRY(cudaMemsetAsync(p.k_mean, 0, mean_bytes, stream));
+  const int q_blocks = p.batch * p.heads_q * (p.seq_q_pad / kTile);
+  const int k_chunks = ceil_div(p.seq_k, kReduceChunk);
+  const int k_blocks = p.batch * p.heads_kv * k_chunks;
+  q_tiles_and_k_mean<D, DT, QK><<<q_blocks + k_blocks, kThreads, 0, stream>>>(p, q_blocks, k_chunks);
+  SAGE_CHECK_LAUNCH("quant_qk (Q tiles + K mean)");
+  k_tiles<D, DT, QK><<<p.batch * p.heads_kv * (p.seq_k_pad / kTile), kThreads, 0, stream>>>(p);
+  SAGE_CHECK_LAUNCH("quant_qk (K tiles)");
+  return SAGE_OK;
+}
+
+template <int D, int DT>
+int by_qk(const SageQuantQKParams& p, cudaStream_t s) {
+  return p.qk_type == SAGE_QK_INT8 ? launch<D, DT, SAGE_QK_INT8>(p, s) : launch<D, DT, SAGE_QK_INT4>(p, s);
+}
+template <int D>
+int by_dtype(const SageQuantQKParams& p, cudaStream_t s) {
+  return p.dtype == SAGE_FP16 ? by_qk<D, SAGE_FP16>(p, s) : by_qk<D, SAGE_BF16>(p, s);
+}
+
+}  // namespace
+}  // namespace quant
+
+// Parameters were validated by sage_quant_qk (api.cu).
+int quant_qk(const SageQuantQKParams& p, cudaStream_t stream) {
+  return p.head_dim == 64 ? quant::by_dtype<64>(p, stream) : quant::by_dtype<128>(p, stream);
+}
+
+}  // namespace sage

@@ -1,0 +1,267 @@
+"""GPU tests of the compiled kernels against numerics/ (the executable spec) and float64 attention.
+
+Quantization: the CUDA buffers equal numerics.quantize_qk / quantize_v (through kernels.layout) buffer by
+buffer: integer values equal except rare rounding ties (k_mean is summed with atomics, in another order
+than torch), scales within a few ulps. Attention: every available family against
+numerics.quantized_attention_core with the kernel's blk_k, and against float64 attention, on fresh random
+inputs with channel outliers; every buffer and output is poisoned before the run and checked written.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+from sage_cli import kernels  # noqa: E402
+from sage_cli.kernels import dispatch, layout, ops  # noqa: E402
+from sage_cli.numerics import (  # noqa: E402
+    error_metrics, quantize_qk, quantize_v, quantized_attention_core, reference_attention, unpack_int4,
+)
+from sage_cli.settings import SageSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def arch() -> str:
+    st = kernels.status()
+    if st.arch is None:
+        pytest.skip(st.reason)
+    assert st.available, f"kernels unavailable on a supported GPU: {st.reason}"
+    return st.arch
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every kernel-written buffer starts as NaN (floats) or a value the kernels never write (ints)."""
+
+    def poison(*shape, dtype, device):
+        t = torch.empty(*shape, dtype=dtype, device=device)
+        if dtype == torch.int8:
+            return t.fill_(-128)  # quantized values are clamped to +-127
+        if dtype == torch.uint8:
+            return t.fill_(0x88)  # two INT4 -8s: the kernels clamp to +-7
+        if dtype == torch.float8_e4m3fn:
+            return t.view(torch.uint8).fill_(0x7F).view(dtype)  # e4m3 NaN
+        return t.fill_(float("nan"))
+
+    real_alloc = ops.alloc_output
+    monkeypatch.setattr(ops, "_empty", poison)
+    monkeypatch.setattr(ops, "alloc_output", lambda q: real_alloc(q).fill_(float("nan")))
+
+
+def make_qkv(b, hq, hkv, nq, nk, d, dtype, layout="HND", seed=0):
+    """Random Q/K/V with what real activations have: K channel means several times the spread, a few Q and
+    V outlier channels. NHD inputs are returned as HND views (the strides say which)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(h, n):
+        shape = (b, h, n, d) if layout == "HND" else (b, n, h, d)
+        return torch.randn(shape, generator=g, device="cuda", dtype=torch.float32)
+
+    q, k, v = rnd(hq, nq), rnd(hkv, nk), rnd(hkv, nk)
+    chan = torch.randn(d, generator=g, device="cuda")
+    k = k + 4.0 * chan  # per-channel bias: what smooth K removes
+    q[..., :4] *= 8.0
+    v[..., -3:] *= 6.0
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    if layout == "NHD":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return q, k, v
+
+
+def mismatch_fraction(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
+    diff = (a.to(torch.int16) - b.to(torch.int16)).abs()
+    return float((diff != 0).float().mean()), int(diff.max())
+
+
+QUANT_CASES = [  # b, hq, hkv, nq, nk, d, dtype, layout
+    (1, 1, 1, 1, 1, 64, torch.float16, "HND"),
+    (2, 3, 1, 17, 127, 128, torch.bfloat16, "NHD"),
+    (1, 8, 2, 1000, 4096, 128, torch.float16, "HND"),
+    (2, 4, 4, 128, 1000, 64, torch.bfloat16, "NHD"),
+]
+QUANT_SETTINGS = [
+    SageSettings(),
+    SageSettings(qk_dtype="int4", smooth_q=True),
+    SageSettings(granularity="per_warp", smooth_q=True, smooth_v=True),
+    SageSettings(qk_dtype="int4", granularity="per_block", smooth_v=True),
+]
+
+
+@pytest.mark.parametrize("case", QUANT_CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"-{c[7]}")
+@pytest.mark.parametrize("settings", QUANT_SETTINGS, ids=lambda s: s.label().replace(" ", "_"))
+def test_quant_matches_numerics(arch, poisoned, case, settings):
+    b, hq, hkv, nq, nk, d, dtype, lay = case
+    q, k, v = make_qkv(b, hq, hkv, nq, nk, d, dtype, lay, seed=nq + nk)
+    got = kernels.quantize(q, k, v, settings)
+    ref = layout.qk_to_abi(quantize_qk(q, k, settings), settings.qk_dtype)
+
+    torch.testing.assert_close(got.k_mean, ref.k_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.q_scale, ref.q_scale, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got.k_scale, ref.k_scale, rtol=1e-4, atol=0)
+    unpack = unpack_int4 if settings.qk_dtype == "int4" else (lambda t: t)
+    for name in ("q_int", "k_int"):
+        frac, worst = mismatch_fraction(unpack(getattr(got, name)), unpack(getattr(ref, name)))
+        assert worst <= 1 and frac < 2e-3, f"{name}: {frac:.2e} of values differ (max {worst})"
+    if settings.smooth_q:
+        torch.testing.assert_close(got.q_mean, ref.q_mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.ds, ref.ds, rtol=1e-4, atol=1e-3)
+
+    v_ref, v_scale_ref, v_mean_ref = layout.v_to_abi(quantize_v(v, settings))
+    torch.testing.assert_close(got.v_scale, v_scale_ref, rtol=1e-5, atol=0)
+    if settings.smooth_v:
+        torch.testing.assert_close(got.v_mean, v_mean_ref, rtol=1e-5, atol=1e-5)
+    gv, rv = got.v_fp8.float(), v_ref.float()
+    assert not gv.isnan().any(), "v_fp8 not fully written"
+    off = gv != rv
+    assert float(off.float().mean()) < 2e-3, f"v_fp8: {float(off.float().mean()):.2e} differ"
+    # a differing value is one e4m3 step (12.5% relative) away: a rounding tie, never a wrong element
+    assert bool(((gv - rv).abs()[off] <= 0.13 * rv.abs()[off] + 2**-9).all())
+
+
+def test_static_v_scale_saturates(arch, poisoned):
+    q, k, v = make_qkv(1, 2, 2, 300, 300, 128, torch.float16)
+    amax = v.float().abs().amax(dim=2)[0]  # [Hkv, D]
+    s = SageSettings(v_scale=amax / 448.0 * 0.5)  # half the dynamic scale: the largest values saturate
+    got = kernels.quantize(q, k, v, s)
+    v_ref, scale_ref, _ = layout.v_to_abi(quantize_v(v, s))
+    torch.testing.assert_close(got.v_scale, scale_ref, rtol=0, atol=0)
+    assert float(got.v_fp8.float().abs().max()) == 448.0
+    assert float((got.v_fp8.float() != v_ref.float()).float().mean()) < 2e-3
+
+
+def families(arch: str) -> list[str]:
+    return ["wgmma", "mma_sync"] if arch == "90a" else ["mma_sync"]
+
+
+ATTN_CASES = [  # b, hq, hkv, nq, nk, d, causal, layout, dtype
+    (1, 1, 1, 1, 1, 64, False, "HND", torch.float16),
+    (2, 3, 1, 17, 127, 128, True, "NHD", torch.bfloat16),
+    (1, 4, 1, 127, 128, 64, True, "HND", torch.float16),
+    (2, 8, 1, 128, 1000, 128, False, "HND", torch.bfloat16),
+    (1, 4, 4, 1000, 1000, 128, True, "NHD", torch.float16),
+    (1, 8, 2, 1000, 4096, 64, True, "HND", torch.bfloat16),
+    (1, 2, 2, 4096, 1000, 128, True, "HND", torch.float16),
+    (1, 1, 1, 16384, 16384, 128, True, "HND", torch.bfloat16),
+]
+ATTN_SETTINGS = [
+    SageSettings(),
+    SageSettings(smooth_q=True),
+    SageSettings(granularity="per_warp", smooth_v=True),
+    SageSettings(pv_accum="narrow"),
+    SageSettings(qk_dtype="int4", smooth_q=True),
+    SageSettings(pv_dtype="fp16"),
+    SageSettings(granularity="per_block"),
+]
+
+
+def _attn_check(arch, family, case, settings, return_lse=True):
+    b, hq, hkv, nq, nk, d, causal, lay, dtype = case
+    try:
+        fam = dispatch.resolve_family(arch, settings, family)
+        bk = kernels.blk_k(d, settings, fam)
+    except kernels.KernelUnavailable as e:
+        pytest.skip(f"not served: {e}")
+    q, k, v = make_qkv(b, hq, hkv, nq, nk, d, dtype, lay, seed=7 * nq + nk + d)
+    sm_scale = 1.0 / math.sqrt(d)
+    try:
+        o, lse, k_mean = kernels.sageattn_cuda(q, k, v, is_causal=causal, sm_scale=sm_scale, return_lse=return_lse,
+                                               settings=settings, family=fam)
+    except kernels.KernelUnavailable as e:
+        pytest.skip(f"the {fam} kernel does not serve this: {e}")
+    torch.cuda.synchronize()
+    assert o.shape == q.shape and o.dtype == q.dtype
+    assert bool(torch.isfinite(o).all()), "output not fully written (NaN left from the poison) or non-finite"
+    emu_o, emu_lse, emu_km = quantized_attention_core(q, k, v, is_causal=causal, sm_scale=sm_scale,
+                                                      settings=settings.replace(blk_k=bk))
+    exact, _ = reference_attention(q, k, v, is_causal=causal, sm_scale=sm_scale)
+    m_emu = error_metrics(o, emu_o)
+    m_kernel = error_metrics(o, exact)
+    m_spec = error_metrics(emu_o, exact)
+    msg = f"{fam} blk_k={bk}: vs emulation {m_emu}, kernel vs fp64 {m_kernel}, emulation vs fp64 {m_spec}"
+    print(f"\nMETRICS {case[:7]} {lay} {str(dtype)[6:]} [{settings.label()}] {fam} blk_k={bk} relL1: kernel-emu "
+          f"{m_emu['rel_l1']:.2e} kernel-fp64 {m_kernel['rel_l1']:.2e} emu-fp64 {m_spec['rel_l1']:.2e} "
+          f"cos {m_kernel['cos']:.6f}")
+    assert m_emu["rel_l1"] < max(0.01, 0.3 * m_spec["rel_l1"]), msg
+    assert m_kernel["rel_l1"] < 1.1 * m_spec["rel_l1"] + 0.005, msg
+    if return_lse:
+        assert lse.shape == (b, hq, nq)
+        fin = torch.isfinite(emu_lse)
+        assert bool((torch.isfinite(lse) == fin).all()), "LSE finiteness differs (masked rows must be -inf)"
+        torch.testing.assert_close(lse[fin], emu_lse[fin], rtol=0, atol=0.02, msg=msg)
+    return m_emu, m_kernel
+
+
+@pytest.mark.parametrize("family", ["wgmma", "mma_sync"])
+@pytest.mark.parametrize("i", range(len(ATTN_CASES)), ids=lambda i: "x".join(map(str, ATTN_CASES[i][:6])))
+def test_attention_matches_spec(arch, poisoned, family, i):
+    if family not in families(arch):
+        pytest.skip(f"{family} needs another arch")
+    case = ATTN_CASES[i]
+    settings = ATTN_SETTINGS[i % len(ATTN_SETTINGS)]
+    if family == "wgmma" and (settings.qk_dtype != "int8" or settings.pv_dtype != "fp8"):
+        settings = SageSettings(granularity=settings.granularity, smooth_q=settings.smooth_q)
+    _attn_check(arch, family, case, settings)
+
+
+@pytest.mark.parametrize("family", ["wgmma", "mma_sync"])
+@pytest.mark.parametrize("settings", ATTN_SETTINGS, ids=lambda s: s.label().replace(" ", "_"))
+def test_attention_settings(arch, poisoned, family, settings):
+    if family not in families(arch):
+        pytest.skip(f"{family} needs another arch")
+    _attn_check(arch, family, (2, 8, 2, 300, 700, 128, True, "HND", torch.bfloat16), settings)
+
+
+def test_int4_auto_on_hopper_refused(arch):
+    if arch != "90a":
+        pytest.skip("sm_90a rule")
+    q, k, v = make_qkv(1, 2, 2, 64, 64, 64, torch.float16)
+    with pytest.raises(kernels.KernelUnavailable, match="INT4"):
+        kernels.sageattn_cuda(q, k, v, settings=SageSettings(qk_dtype="int4"))
+
+
+def test_compiled_and_graph_replay_match_eager(arch):
+    """torch.compile(fullgraph) runs the custom op; a CUDA graph capture of the op replays identically."""
+    q, k, v = make_qkv(1, 4, 2, 512, 512, 128, torch.bfloat16)
+    s = SageSettings(smooth_q=True)
+
+    def fn(q, k, v):
+        return kernels.sageattn_cuda(q, k, v, is_causal=True, settings=s)[0]
+
+    eager = fn(q, k, v)
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)(q, k, v)
+    # k_mean is summed with atomics, so a rounding tie of K may flip between runs: close, not bitwise
+    torch.testing.assert_close(compiled, eager, rtol=1e-2, atol=1e-2)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn(q, k, v)  # warm-up outside capture (library load, allocator)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(q, k, v)
+    q2, k2, v2 = make_qkv(1, 4, 2, 512, 512, 128, torch.bfloat16, seed=99)
+    q.copy_(q2), k.copy_(k2), v.copy_(v2)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, fn(q, k, v), rtol=1e-2, atol=1e-2)
+
+
+def test_sageattn_cuda_backend_matches_reference_backend(arch):
+    """The public op routes backend="cuda" through the custom op; same answer as backend="reference"
+    (NHD layout, GQA, head dim 96 padded to 128, LSE with the K-smoothing correction)."""
+    from sage_cli.attention import sageattn
+
+    q, k, v = make_qkv(2, 8, 2, 333, 555, 96, torch.float16, "NHD")
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # the NHD tensors themselves
+    s = SageSettings(smooth_q=True)
+    fam = dispatch.resolve_family(arch, s)
+    o, lse = sageattn(q, k, v, tensor_layout="NHD", is_causal=True, return_lse=True, backend="cuda", settings=s)
+    ro, rlse = sageattn(q, k, v, tensor_layout="NHD", is_causal=True, return_lse=True, backend="reference",
+                        settings=s.replace(blk_k=kernels.blk_k(128, s, fam)))
+    assert o.shape == q.shape and o.dtype == q.dtype
+    assert error_metrics(o, ro)["rel_l1"] < 0.01
+    torch.testing.assert_close(lse, rlse, rtol=0, atol=0.02)
