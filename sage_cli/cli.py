@@ -167,15 +167,21 @@ def bench(
     head_dim: str = typer.Option("128", "--head-dim", help="head dims, e.g. 64,128"),
     batch: int = typer.Option(1, "--batch", min=1),
     heads: int = typer.Option(32, "--heads", min=1),
+    heads_kv: Optional[int] = typer.Option(None, "--heads-kv", min=1, help="kv heads (GQA); default: --heads"),
     causal: bool = typer.Option(False, "--causal/--no-causal"),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp16"),
+    peers: Optional[str] = typer.Option(None, "--peers", help="comma-separated subset of: sdpa-flash, sdpa-cudnn, "
+                                        "sdpa-efficient, sdpa-math, fa3, fa3-fp8, sageattention (default: all but sdpa-math)"),
     as_json: bool = JSON,
 ) -> None:
     """Kernel speed and accuracy against every attention installed (SDPA, FlashAttention-3, SageAttention)."""
     from . import render
     from .bench import render_rows, run_bench
 
+    peer_list = [p.strip() for p in peers.split(",") if p.strip()] if peers else None
     with render.progress_bars(not as_json) as progress:
-        rep = run_bench(_sizes(seq), _sizes(head_dim), batch, heads, causal, progress=progress)
+        rep = run_bench(_sizes(seq), _sizes(head_dim), batch, heads, causal, dtype=dtype, peers=peer_list,
+                        heads_kv=heads_kv, progress=progress)
     if as_json:
         return _emit_json(rep.to_json())
     render.out.print(render.bench_table(render_rows(rep), title=f"sage bench on {rep.device}"))

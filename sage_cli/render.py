@@ -99,8 +99,10 @@ def bench_table(rows: list[dict], title: str) -> Table:
     t = Table(title=title)
     if not rows:
         return t
-    for c in rows[0].keys():
-        t.add_column(str(c))
+    # Columns empty in every row (timings without a GPU) are left out rather than drawn blank.
+    cols = [c for c in rows[0] if any(r.get(c) not in (None, "") for r in rows)]
+    for c in cols:
+        t.add_column(str(c), no_wrap=c == "implementation")
     for r in rows:
-        t.add_row(*[_f(v, ".3f") if isinstance(v, float) else ("-" if v is None else str(v)) for v in r.values()])
+        t.add_row(*[_f(r[c], ".3f") if isinstance(r[c], float) else ("-" if r[c] is None else str(r[c])) for c in cols])
     return t

@@ -67,3 +67,42 @@ def test_launcher_generates_text_and_says_which_kernels_run(accelerated):
     assert p.stdout.strip(), "no text generated"
     assert "sage:" in p.stderr and "reference" in p.stderr
     assert "int8/fp8" in p.stderr
+
+
+def test_launcher_is_importable_and_load_runs_the_prompt(accelerated):
+    import importlib.util
+
+    out, _ = accelerated
+    spec = importlib.util.spec_from_file_location("sage_launch_under_test", out.parent / "sage_launch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with mod.load(backend="reference") as session:
+        text = session.run("What is the capital of France?", max_new_tokens=6)
+        assert isinstance(text, str) and text.strip()
+        totals = session.counts()["totals"]
+    assert totals.get("sage-reference", 0) >= 30 * 6 and not any(k.startswith("sdpa") for k in totals), totals
+
+
+def test_static_v_scales_are_written_checked_and_verified(tmp_path, demo_model_dir):
+    """--static-v-scales: the calibrated FP8 V scales go to scales.safetensors; a site keeps them only if
+    scales fitted without the last quarter of the prompts met the budget on it (V may exceed calibrated
+    scales: they saturate); verification on held-out text then stays within budget."""
+    from safetensors.torch import load_file
+
+    from sage_cli.artifact import read_artifact
+
+    out = tmp_path / "sage"
+    r = CliRunner().invoke(app, ["calibrate", "--out", str(out), "--backend", "reference", "--static-v-scales"])
+    assert r.exit_code == 0, r.output
+    scales = load_file(str(out / "scales.safetensors"))
+    v = scales["model.layers.0.self_attn#0/v_scale"]
+    assert v.shape == (3, 64) and bool((v > 0).all())
+    art = read_artifact(out)
+    policy = art.policy()
+    checks = {site: c["static_v_scale_check"] for site, c in art.config["sites"].items()}
+    assert all(c is not None and c["held_back_prompts"] >= 1 for c in checks.values())
+    for site, s in policy.items():
+        assert (s.v_scale is not None) == checks[site]["kept"], site
+    r = CliRunner().invoke(app, ["verify", "--out", str(out), "--backend", "reference", "--json", "--max-new-tokens", "4"])
+    rep = json.loads(r.stdout)
+    assert r.exit_code == 0 and rep["ok"], rep["checks"]

@@ -18,7 +18,7 @@ from ..progress import ProgressFn, report
 from ..settings import SageSettings
 from .candidates import candidates as candidates_for, normalize_arch
 from .evaluate import measure, unsupported_reason
-from .stats import SiteStats
+from .stats import SiteStats, static_v_scale
 
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "calibration"
 DEFAULT_TEXT = CALIBRATION_DIR / "text_calibration.txt"
@@ -41,6 +41,7 @@ class SiteResult:
     policy: SitePolicy
     stats: SiteStats
     trials: list[tuple[SageSettings, dict]] = field(default_factory=list)  # worst-case metrics per candidate
+    static_check: Optional[dict] = None  # static V scales on held-back prompts (with --static-v-scales)
 
 
 @dataclass
@@ -144,8 +145,17 @@ def calibrate(
     stats: dict[str, SiteStats] = {}
     samples: dict[str, list[list[dict]]] = {}
     unsupported: dict[str, str] = {}
+    # Static V scales are checked the honest way: scales fitted on all but the last quarter of the prompts
+    # must keep the site within budget on that last quarter, where V may exceed them (they saturate).
+    n_fit = len(prompts) - max(1, len(prompts) // 4) if static_v_scales and len(prompts) > 1 else len(prompts)
+    fit_v_amax: dict[str, torch.Tensor] = {}
+    fitting = [True]
 
     def handler(call):
+        if fitting[0] and call.mask is None:
+            amax = call.v.detach().float().abs().amax(dim=(0, 2))
+            prev = fit_v_amax.get(call.site)
+            fit_v_amax[call.site] = amax if prev is None or prev.shape != amax.shape else torch.maximum(prev, amax)
         st = stats.setdefault(call.site, SiteStats())
         finite = st.update(call.q, call.k, call.v, masked=call.mask is not None)
         reason = unsupported_reason(call.q, call.k)
@@ -161,6 +171,7 @@ def calibrate(
     with torch.inference_mode(), M.hooked(loaded, handler):
         for i, prompt in enumerate(prompts):
             report(progress, "calibrating", i, len(prompts))
+            fitting[0] = i < n_fit
             M.calibration_forward(loaded, prompt, seed=i)
         report(progress, "calibrating", len(prompts), len(prompts))
     if not stats:
@@ -181,15 +192,47 @@ def calibrate(
             settings, err, why = None, None, "every call at this site had a mask other than causal"
         else:
             settings, err, why = choose(trials, min_cos, max_l1)
-        pol = SitePolicy(site, settings, why, err, static_v_scale=bool(static_v_scales and settings is not None
-                                                                       and settings.pv_dtype == "fp8"))
+        pol = SitePolicy(site, settings, why, err)
         results[site] = SiteResult(pol, st, trials)
         for name, t in st.tensors().items():
             tensors[f"{site}/{name}"] = t
 
+    if static_v_scales and n_fit < len(prompts):
+        _check_static_v_scales(loaded, results, fit_v_amax, prompts[n_fit:], eval_backend, min_cos, max_l1, progress)
+
     config = _config(loaded, results, target, prompts_path, prompts, min_cos, max_l1, eval_backend)
     write_artifact(out_dir, config, tensors)
     return CalibrationResult(out_dir, loaded.name, target, results, config)
+
+
+def _check_static_v_scales(loaded, results: dict[str, SiteResult], fit_v_amax: dict[str, torch.Tensor],
+                           held_back: list[str], backend: str, min_cos: float, max_l1: float, progress) -> None:
+    """Per FP8 site: keep static V scales only if the scales fitted without `held_back` meet the budget on it."""
+    from .. import model as M
+
+    trial: dict[str, list[dict]] = {}
+
+    def handler(call):
+        r = results.get(call.site)
+        s = r.policy.settings if r is not None else None
+        if s is None or s.pv_dtype != "fp8" or call.mask is not None or call.site not in fit_v_amax:
+            return None
+        scale = static_v_scale(fit_v_amax[call.site]).to(call.v.device)
+        trial.setdefault(call.site, []).extend(measure(call.q, call.k, call.v, is_causal=call.is_causal, scale=call.scale,
+                                                       candidates=[s.replace(v_scale=scale)], backend=backend))
+        return None
+
+    with torch.inference_mode(), M.hooked(loaded, handler):
+        for i, prompt in enumerate(held_back):
+            report(progress, "checking static V scales", i, len(held_back))
+            M.calibration_forward(loaded, prompt, seed=10_000 + i)
+        report(progress, "checking static V scales", len(held_back), len(held_back))
+    for site, ms in trial.items():
+        r = results[site]
+        ok, worst, _ = choose([(r.policy.settings, _worst(ms))], min_cos, max_l1)
+        r.policy.static_v_scale = ok is not None
+        r.static_check = {"held_back_prompts": len(held_back), "kept": ok is not None,
+                          "cos": worst["cos"], "rel_l1": worst["rel_l1"]}
 
 
 def _versions() -> dict:
@@ -223,7 +266,7 @@ def _config(loaded, results, target, prompts_path, prompts, min_cos, max_l1, eva
         "evaluated_with": eval_backend,
         "summary": {"sites": len(results), "quantized": chosen, "full_precision": len(results) - chosen},
         "sites": {
-            site: {**r.policy.to_json(), "stats": r.stats.summary(),
+            site: {**r.policy.to_json(), "stats": r.stats.summary(), "static_v_scale_check": r.static_check,
                    "candidates": [{"settings": s.label(), **m} for s, m in r.trials]}
             for site, r in results.items()
         },
