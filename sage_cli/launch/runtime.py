@@ -50,16 +50,18 @@ class Session:
         return rt.to_json() if hasattr(rt, "to_json") else dict(getattr(rt, "counts", {}))
 
     def describe(self, stream: TextIO = sys.stderr) -> None:
-        """Say which sites run which kernel: the plan from config.json, then what actually ran."""
+        """Say which sites run which kernel (the plan from config.json)."""
         by_choice = Counter(self.plan.values())
         print(f"sage: {len(self.plan)} attention sites, backend {self.backend_label}", file=stream)
         for choice, n in by_choice.most_common():
             sites = [s for s, c in self.plan.items() if c == choice]
             shown = ", ".join(sites[:3]) + (f", ... ({n} sites)" if n > 3 else "")
             print(f"sage:   {choice}: {shown}", file=stream)
+
+    def describe_calls(self, stream: TextIO = sys.stderr) -> None:
+        """Say what actually ran: attention calls per backend since load()."""
         totals = self.counts().get("totals") or {}
-        if totals:
-            print("sage: calls so far: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())), file=stream)
+        print("sage: calls: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "none"), file=stream)
 
     def close(self) -> None:
         self._stack.close()

@@ -57,7 +57,7 @@ def main(argv=None):
             out = args.output or "sage_output.pt"
             torch.save(result, out)
             print(f"saved output {{tuple(result.shape)}} to {{out}}")
-        session.describe()
+        session.describe_calls()
     return 0
 
 
