@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include "../common/groups.h"
 #include "../common/internal.h"
 #include "kernel.cuh"
 
@@ -29,13 +30,6 @@ int dispatch(int qk, int pv, int dtype, int head_dim, F&& f) {
     return pv == SAGE_PV_FP8 ? with_dt(qk_c, Int<SAGE_PV_FP8>{}) : with_dt(qk_c, Int<SAGE_PV_FP16>{});
   };
   return qk == SAGE_QK_INT4 ? with_pv(Int<SAGE_QK_INT4>{}) : with_pv(Int<SAGE_QK_INT8>{});
-}
-
-int num_q_groups(int seq_pad, int granularity) {
-  return granularity == SAGE_PER_THREAD ? seq_pad / 2 : granularity == SAGE_PER_WARP ? seq_pad / 16 : seq_pad / 64;
-}
-int num_k_groups(int seq_pad, int granularity) {
-  return granularity == SAGE_PER_THREAD ? seq_pad / 16 : seq_pad / 64;
 }
 
 bool aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }

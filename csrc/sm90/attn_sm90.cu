@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "../common/check.cuh"
+#include "../common/groups.h"
 #include "../common/internal.h"
 #include "../common/tma.cuh"
 #include "kernel.cuh"
@@ -15,9 +16,6 @@ namespace {
 using sm90::KOrder;
 using sm90::Sm90AttnTraits;
 using sm90::Sm90Params;
-
-int num_q_groups(int n_pad, int gran) { return gran == SAGE_PER_THREAD ? n_pad / 2 : gran == SAGE_PER_WARP ? n_pad / 16 : n_pad / 64; }
-int num_k_groups(int n_pad, int gran) { return gran == SAGE_PER_THREAD ? n_pad / 16 : n_pad / 64; }
 
 template <class Traits>
 int make_maps(const SageAttnParams& p, CUtensorMap* tq, CUtensorMap* tk, CUtensorMap* tv) {
