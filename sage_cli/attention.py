@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from .numerics import lse_smoothing_correction, quantized_attention_core
+from .numerics import lse_smoothing_correction, quantized_attention_core, reference_attention
 from .numerics.masks import fully_masked_rows, visible_mask
 from .settings import SageSettings
 
@@ -167,23 +167,10 @@ def _sdpa(x: _Prepared, is_causal: bool, return_lse: bool) -> tuple[torch.Tensor
     return o, (_lse_fp32(x, is_causal) if return_lse else None)
 
 
-def _lse_fp32(x: _Prepared, is_causal: bool, max_elems: int = 1 << 25) -> torch.Tensor:
-    """Natural-log LSE of ``sm_scale * Q K^T`` in float32, ``[B, Hq, Nq]``, in row chunks to bound memory."""
-    q, k = x.q, x.k
-    b, hq, nq, d = q.shape
-    hkv, nk = k.shape[1], k.shape[2]
-    g = hq // hkv
-    kf = k.to(torch.float32)
-    qf = q.to(torch.float32).reshape(b, hkv, g, nq, d)
-    chunk = max(1, max_elems // max(1, b * hq * nk))
-    cols = torch.arange(nk, device=q.device)
-    out = []
-    for start in range(0, nq, chunk):
-        rows = torch.arange(start, min(start + chunk, nq), device=q.device)
-        s = torch.matmul(qf[:, :, :, start : start + chunk], kf[:, :, None].transpose(-1, -2)) * x.sm_scale
-        vis = visible_mask(rows, cols, seq_q=nq, seq_k=nk, is_causal=is_causal)
-        out.append(torch.logsumexp(s.masked_fill(~vis, float("-inf")), dim=-1))
-    return torch.cat(out, dim=-1).reshape(b, hq, nq)
+def _lse_fp32(x: _Prepared, is_causal: bool) -> torch.Tensor:
+    """Natural-log LSE of ``sm_scale * Q K^T`` in float32, ``[B, Hq, Nq]`` (SDPA does not return one)."""
+    return reference_attention(x.q, x.k, x.v, is_causal=is_causal, sm_scale=x.sm_scale, return_lse=True,
+                               dtype=torch.float32)[1]
 
 
 def _kernels():

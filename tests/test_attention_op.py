@@ -109,12 +109,15 @@ def test_sdpa_backend_equals_fp64(case):
     torch.testing.assert_close(lse[fin].double(), ref_lse[fin], rtol=0, atol=1e-4)
 
 
-def test_sdpa_lse_chunks_rows_identically():
-    from sage_cli.attention import _lse_fp32, _prepare
+def test_lse_is_the_same_when_rows_are_processed_in_chunks(monkeypatch):
+    """The sdpa backend's LSE comes from reference_attention, which bounds memory by chunking query rows."""
+    from sage_cli.numerics import reference as ref_mod
 
     q, k, v = llm_like_qkv(1, 4, 2, 50, 60, 64, seed=11)
-    x = _prepare(q, k, v, "HND", None)
-    torch.testing.assert_close(_lse_fp32(x, True, max_elems=4 * 60 * 7), _lse_fp32(x, True), rtol=0, atol=1e-6)
+    _, whole = sageattn(q, k, v, is_causal=True, return_lse=True, backend="sdpa")
+    monkeypatch.setattr(ref_mod, "MAX_SCORE_ELEMS", 4 * 60 * 7)  # 7 query rows a chunk
+    _, chunked = sageattn(q, k, v, is_causal=True, return_lse=True, backend="sdpa")
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
 def test_reference_backend_is_the_numerics_with_layouts_and_strides():
