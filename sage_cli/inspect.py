@@ -29,10 +29,11 @@ def gpu_capabilities() -> dict:
 
 def inspect_model(model_path: Optional[str]) -> dict:
     from . import model as M
+    from .model.install import sage_head_dims
 
     loaded = M.load(model_path)
     sites = M.sites(loaded)
-    served = {64, 80, 96, 128}
+    served = sage_head_dims()
     return {
         "model": loaded.summary(),
         "sites": [

@@ -13,12 +13,13 @@ import torch
 
 from ..settings import SMOOTH_Q_BLOCK, SageSettings
 
-SERVED_HEAD_DIMS = (64, 80, 96, 128)  # 80 and 96 are zero-padded to 128
-
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
+    """Why sage cannot serve this site at all (it then stays in full precision), or None."""
+    from ..model.install import sage_head_dims
+
     d = q.shape[-1]
-    if d not in SERVED_HEAD_DIMS:
+    if d not in sage_head_dims():
         return f"head dim {d} is not served by the kernels (64, 128; 80/96 padded)"
     if q.shape[1] % k.shape[1]:
         return f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} kv heads"
