@@ -2,6 +2,7 @@
 match the C header, errors are one clear line, and torch.compile traces the custom op with no graph break."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,7 +26,10 @@ def have_nvcc() -> bool:
         return False
 
 
-needs_nvcc = pytest.mark.skipif(not have_nvcc(), reason="no nvcc on this machine")
+# CI (CI=true, as .ci/run is run) has nvcc and must compile every target: there a missing nvcc fails the
+# build tests instead of skipping them, so a broken toolchain cannot pass as "skipped".
+needs_nvcc = pytest.mark.skipif(not have_nvcc() and os.environ.get("CI", "").lower() != "true",
+                                reason="no nvcc on this machine")
 
 
 @pytest.fixture
