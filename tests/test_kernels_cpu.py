@@ -308,3 +308,13 @@ def test_status_and_unsupported_reason_trace_as_constants():
         q = torch.empty(1, 4, 16, 64, dtype=torch.float16, device="cuda")
         torch.compile(fn, backend=backend, fullgraph=True)(q)
     assert len(graphs) == 1
+
+
+def test_smooth_q_bias_that_would_not_fit_is_refused_with_its_size():
+    """ds = q_mean . K'^T is materialized in fp32 [B, Hq, Nq/64, Nk]: at video lengths it is refused (auto then
+    falls back and counts the reason) instead of allocating gigabytes mid-generation."""
+    small = dispatch.smooth_q_bias_problem((1, 32, 4096, 128), (1, 8, 4096, 128), smooth_q=True)
+    assert small is None  # 4 * 32 * 64 * 4096 bytes = 32 MiB
+    big = dispatch.smooth_q_bias_problem((1, 24, 75_000, 64), (1, 24, 75_000, 64), smooth_q=True)
+    assert big is not None and "GiB" in big and "SAGE_MAX_SMOOTH_Q_BIAS_BYTES" in big
+    assert dispatch.smooth_q_bias_problem((1, 24, 75_000, 64), (1, 24, 75_000, 64), smooth_q=False) is None

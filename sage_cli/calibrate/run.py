@@ -183,7 +183,7 @@ def calibrate(
         trials = []
         if samples.get(site):
             per_cand = list(zip(*samples[site]))  # candidate -> its metrics on each measured call
-            trials = [(c, _worst(list(ms))) for c, ms in zip(cands, per_cand)]
+            trials = [(c, _worst(list(ms))) for c, ms in zip(cands, per_cand) if _fits(c, st)]
         if st.nonfinite:
             settings, err, why = None, None, f"NaN/Inf in the captured Q/K/V ({st.nonfinite} values)"
         elif site in unsupported:
@@ -203,6 +203,15 @@ def calibrate(
     config = _config(loaded, results, target, prompts_path, prompts, min_cos, max_l1, eval_backend)
     write_artifact(out_dir, config, tensors)
     return CalibrationResult(out_dir, loaded.name, target, results, config)
+
+
+def _fits(settings: SageSettings, st: SiteStats) -> bool:
+    """Whether the kernels can run `settings` at every shape this site was called with: smooth Q needs a
+    bias that grows with Nq * Nk, refused past a memory budget (a site choosing it would then run in full
+    precision at those lengths)."""
+    from ..kernels.dispatch import smooth_q_bias_problem
+
+    return all(smooth_q_bias_problem(qs, ks, settings.smooth_q) is None for qs, ks in st.shapes)
 
 
 def _check_static_v_scales(loaded, results: dict[str, SiteResult], fit_v_amax: dict[str, torch.Tensor],

@@ -9,13 +9,14 @@ force ``family="mma_sync"`` to run it, as the tests do).
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ..settings import SageSettings
+from ..settings import SEQ_PAD, SMOOTH_Q_BLOCK, SageSettings
 from .builder import library_path
 from .errors import KernelBuildError, KernelUnavailable
 from .library import Library
@@ -172,6 +173,25 @@ def input_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Optional
     return None
 
 
+# The smooth-Q bias ds is materialized in fp32, [B, Hq, Nq_pad/64, Nk_pad]: it grows with Nq * Nk, so at
+# video-diffusion lengths it would take gigabytes. Past this budget a smooth-Q call is refused (sageattn's
+# auto path then runs it in full precision and counts why) rather than risk running out of memory mid-run.
+MAX_SMOOTH_Q_BIAS_BYTES = int(os.environ.get("SAGE_MAX_SMOOTH_Q_BIAS_BYTES", 1 << 30))
+
+
+def smooth_q_bias_problem(q_shape: tuple, k_shape: tuple, smooth_q: bool) -> Optional[str]:
+    """Why the smooth-Q bias would be too large for these shapes ([B, Hq, Nq, D], [B, Hkv, Nk, D]), or None."""
+    if not smooth_q:
+        return None
+    b, hq, nq = q_shape[0], q_shape[1], q_shape[2]
+    nk_pad = -(-k_shape[2] // SEQ_PAD) * SEQ_PAD
+    need = 4 * b * hq * (-(-nq // SEQ_PAD) * SEQ_PAD // SMOOTH_Q_BLOCK) * nk_pad
+    if need <= MAX_SMOOTH_Q_BIAS_BYTES:
+        return None
+    return (f"smooth Q would need a {need / 2**30:.1f} GiB bias at Nq={nq}, Nk={k_shape[2]} (limit "
+            f"{MAX_SMOOTH_Q_BIAS_BYTES / 2**30:.1f} GiB, SAGE_MAX_SMOOTH_Q_BIAS_BYTES)")
+
+
 def unsupported_reason(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool = False,
     settings: Optional[SageSettings] = None, family: str = "auto",
@@ -185,6 +205,9 @@ def unsupported_reason(
     if problem is not None:
         return problem
     s = settings or SageSettings()
+    too_big = smooth_q_bias_problem(tuple(q.shape), tuple(k.shape), s.smooth_q)
+    if too_big is not None:
+        return too_big
     reason = _config_reason(q.device.index or 0, s.qk_dtype, s.pv_dtype, family)
     return reason or None
 

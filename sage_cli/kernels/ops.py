@@ -109,7 +109,7 @@ def _stream(device: torch.device) -> int:
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    problem = dispatch.input_problem(q, k, v)
+    problem = dispatch.input_problem(q, k, v) or dispatch.smooth_q_bias_problem(tuple(q.shape), tuple(k.shape), settings.smooth_q)
     if problem is not None:
         raise KernelUnavailable(problem)
 
