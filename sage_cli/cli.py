@@ -20,6 +20,15 @@ MODEL = typer.Argument(None, help="checkpoint folder (transformers or diffusers)
 OUT = typer.Option(None, "--out", help="artifact folder (default <model>/sage/)")
 JSON = typer.Option(False, "--json", help="print machine-readable JSON instead of tables")
 BACKEND = typer.Option("auto", "--backend", help="auto (CUDA kernels on a GPU that serves them, else the reference), cuda, reference")
+# Options calibrate, verify and accelerate share: declared once so their names, defaults and help agree.
+PROMPT = typer.Option(DEFAULT_PROMPT, "--prompt", help="prompt for the side-by-side generation")
+PROMPTS = typer.Option(None, "--prompts", help="calibration prompts, one per paragraph (default: calibration/)")
+HELDOUT = typer.Option(None, "--heldout", help="held-out texts (default: calibration/text_heldout.txt)")
+MAX_L1 = typer.Option(DEFAULT_MAX_L1, "--max-l1", help="largest relative L1 error a site may have")
+MIN_COS = typer.Option(DEFAULT_MIN_COS, "--min-cos", help="smallest cosine similarity a site may have")
+ARCH = typer.Option(None, "--arch", help="target GPU arch: 80, 86, 89, 90 (default: this GPU, else 90)")
+MAX_PPL = typer.Option(DEFAULT_MAX_PPL_INCREASE, "--max-ppl-increase", help="allowed relative perplexity increase")
+MAX_NEW_TOKENS = typer.Option(32, "--max-new-tokens", help="tokens generated for the side-by-side generation")
 
 
 def command(fn):
@@ -58,11 +67,11 @@ def inspect(model: Optional[str] = MODEL, as_json: bool = JSON) -> None:
 @command
 def calibrate(
     model: Optional[str] = MODEL,
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="calibration prompts, one per paragraph (default: calibration/)"),
+    prompts: Optional[Path] = PROMPTS,
     out: Optional[Path] = OUT,
-    max_l1: float = typer.Option(DEFAULT_MAX_L1, "--max-l1", help="largest relative L1 error a site may have"),
-    min_cos: float = typer.Option(DEFAULT_MIN_COS, "--min-cos", help="smallest cosine similarity a site may have"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="target GPU arch: 80, 86, 89, 90 (default: this GPU, else 90)"),
+    max_l1: float = MAX_L1,
+    min_cos: float = MIN_COS,
+    arch: Optional[str] = ARCH,
     static_v_scales: bool = typer.Option(False, "--static-v-scales", help="use calibrated FP8 V scales (saturating) instead of per-call ones"),
     backend: str = BACKEND,
     as_json: bool = JSON,
@@ -84,11 +93,11 @@ def calibrate(
 @command
 def verify(
     model: Optional[str] = MODEL,
-    prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="prompt for the side-by-side generation"),
+    prompt: str = PROMPT,
     out: Optional[Path] = OUT,
-    heldout: Optional[Path] = typer.Option(None, "--heldout", help="held-out texts (default: calibration/text_heldout.txt)"),
-    max_ppl_increase: float = typer.Option(DEFAULT_MAX_PPL_INCREASE, "--max-ppl-increase", help="allowed relative perplexity increase"),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    heldout: Optional[Path] = HELDOUT,
+    max_ppl_increase: float = MAX_PPL,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     backend: str = BACKEND,
     as_json: bool = JSON,
 ) -> None:
@@ -112,15 +121,15 @@ def verify(
 @command
 def accelerate(
     model: Optional[str] = MODEL,
-    prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="prompt for the side-by-side generation"),
+    prompt: str = PROMPT,
     out: Optional[Path] = OUT,
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="calibration prompts (default: calibration/)"),
-    heldout: Optional[Path] = typer.Option(None, "--heldout", help="held-out texts for verify"),
-    max_l1: float = typer.Option(DEFAULT_MAX_L1, "--max-l1"),
-    min_cos: float = typer.Option(DEFAULT_MIN_COS, "--min-cos"),
-    max_ppl_increase: float = typer.Option(DEFAULT_MAX_PPL_INCREASE, "--max-ppl-increase"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="target GPU arch (default: this GPU, else 90)"),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    prompts: Optional[Path] = PROMPTS,
+    heldout: Optional[Path] = HELDOUT,
+    max_l1: float = MAX_L1,
+    min_cos: float = MIN_COS,
+    max_ppl_increase: float = MAX_PPL,
+    arch: Optional[str] = ARCH,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     backend: str = BACKEND,
     as_json: bool = JSON,
 ) -> None:
