@@ -36,6 +36,7 @@ QK_DTYPES = ("int8", "int4")
 GRANULARITIES = ("per_thread", "per_warp", "per_block")
 PV_DTYPES = ("fp8", "fp16")
 PV_ACCUMS = ("two_level", "narrow")
+ROW_SUMS = ("fp32", "mma")
 
 QMAX = {"int8": 127, "int4": 7}
 FP8_MAX = 448.0  # largest finite float8_e4m3fn; also the static scale of P
@@ -90,6 +91,10 @@ class SageSettings:
                   overflow saturate at +-448.
     blk_k:        tokens per K block of the online softmax (and of the two-level flush); the kernels tell
                   the reference theirs so that both round P at the same running maximum.
+    row_sum:      how the FP8 path's softmax denominator l is summed: "fp32" (the fp32 P before rounding,
+                  on CUDA cores: the mma.sync kernels) or "mma" (the FP8-rounded P~ through the P.V MMA,
+                  as a column of ones in V: the wgmma kernel, where it saves an add per score). Like
+                  blk_k, a property of the kernel that runs, told to the reference (kernels.reference_settings).
     """
 
     qk_dtype: str = "int8"
@@ -100,12 +105,14 @@ class SageSettings:
     pv_accum: str = "two_level"
     v_scale: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
     blk_k: int = 64
+    row_sum: str = "fp32"
 
     def __post_init__(self) -> None:
         _check("qk_dtype", self.qk_dtype, QK_DTYPES)
         _check("granularity", self.granularity, GRANULARITIES)
         _check("pv_dtype", self.pv_dtype, PV_DTYPES)
         _check("pv_accum", self.pv_accum, PV_ACCUMS)
+        _check("row_sum", self.row_sum, ROW_SUMS)
         if self.blk_k <= 0 or self.blk_k % K_BLOCK:
             raise ValueError(f"blk_k must be a positive multiple of {K_BLOCK}, got {self.blk_k}")
 

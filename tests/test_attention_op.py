@@ -218,11 +218,11 @@ def test_cuda_backend_matches_reference(d):
         pytest.skip("sage_cli.kernels.sageattn_cuda not importable")
     q, k, v = llm_like_qkv(1, 8, 2, 300, 300, d, seed=9, device="cuda")
     o, lse = sageattn(q, k, v, is_causal=True, return_lse=True, backend="cuda")
-    from sage_cli.kernels import blk_k
+    from sage_cli.kernels import reference_settings
 
-    # The reference rounds P at the running max of the kernel's K blocks when told their size.
-    same_blocks = SageSettings(blk_k=blk_k(128 if d > 64 else 64))
-    o_r, lse_r = sageattn(q, k, v, is_causal=True, return_lse=True, backend="reference", settings=same_blocks)
+    # The reference rounds P at the running max of the kernel's K blocks, and sums l as it does, when told.
+    same_kernel = reference_settings(128 if d > 64 else 64)
+    o_r, lse_r = sageattn(q, k, v, is_causal=True, return_lse=True, backend="reference", settings=same_kernel)
     ref, ref_lse = reference_attention(q, k, v, is_causal=True, return_lse=True)
     m, m_r = error_metrics(o, ref), error_metrics(o_r, ref)
     assert m["cos"] > 0.999 and m["rel_l1"] < 1.2 * m_r["rel_l1"] + 1e-3, (m, m_r)

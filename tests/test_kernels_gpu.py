@@ -3,7 +3,7 @@
 Quantization: the CUDA buffers equal numerics.quantize_qk / quantize_v (through kernels.layout) buffer by
 buffer: integer values equal except rare rounding ties (k_mean is summed with atomics, in another order
 than torch), scales within a few ulps. Attention: every available family against
-numerics.quantized_attention_core with the kernel's blk_k, and against float64 attention, on fresh random
+numerics.quantized_attention_core with the kernel's blk_k and row_sum, and against float64 attention, on fresh random
 inputs with channel outliers; every buffer and output is poisoned before the run and checked written.
 """
 from __future__ import annotations
@@ -161,7 +161,8 @@ def _attn_check(arch, family, case, settings, return_lse=True):
     b, hq, hkv, nq, nk, d, causal, lay, dtype = case
     try:
         fam = dispatch.resolve_family(arch, settings, family)
-        bk = kernels.blk_k(d, settings, fam)
+        ref_settings = kernels.reference_settings(d, settings, fam)
+        bk = ref_settings.blk_k
     except kernels.KernelUnavailable as e:
         pytest.skip(f"not served: {e}")
     q, k, v = make_qkv(b, hq, hkv, nq, nk, d, dtype, lay, seed=7 * nq + nk + d)
@@ -175,7 +176,7 @@ def _attn_check(arch, family, case, settings, return_lse=True):
     assert o.shape == q.shape and o.dtype == q.dtype
     assert bool(torch.isfinite(o).all()), "output not fully written (NaN left from the poison) or non-finite"
     emu_o, emu_lse, emu_km = quantized_attention_core(q, k, v, is_causal=causal, sm_scale=sm_scale,
-                                                      settings=settings.replace(blk_k=bk))
+                                                      settings=ref_settings)
     exact, _ = reference_attention(q, k, v, is_causal=causal, sm_scale=sm_scale)
     m_emu = error_metrics(o, emu_o)
     m_kernel = error_metrics(o, exact)
@@ -261,7 +262,7 @@ def test_sageattn_cuda_backend_matches_reference_backend(arch):
     fam = dispatch.resolve_family(arch, s)
     o, lse = sageattn(q, k, v, tensor_layout="NHD", is_causal=True, return_lse=True, backend="cuda", settings=s)
     ro, rlse = sageattn(q, k, v, tensor_layout="NHD", is_causal=True, return_lse=True, backend="reference",
-                        settings=s.replace(blk_k=kernels.blk_k(128, s, fam)))
+                        settings=kernels.reference_settings(128, s, fam))
     assert o.shape == q.shape and o.dtype == q.dtype
     assert error_metrics(o, ro)["rel_l1"] < 0.01
     torch.testing.assert_close(lse, rlse, rtol=0, atol=0.02)

@@ -1,5 +1,4 @@
-// Shared-memory mbarriers (the producer/consumer handshake of the TMA pipeline) and named barriers (the
-// ping-pong between consumer warpgroups). sm_90.
+// Shared-memory mbarriers (the producer/consumer handshake of the TMA pipeline). sm_90.
 //
 // Phase convention: a barrier starts in phase 0; mbar_wait(bar, parity) returns once the phase with that
 // parity has completed. A consumer waits on "full" with the stage's phase bit; a producer waits on "empty"
@@ -42,13 +41,23 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
-// Named hardware barriers 1..15 (0 is __syncthreads). `threads` counts every participant, syncing or
-// arriving; arrive does not wait, so one warpgroup can release another without stalling itself.
-__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+// The producer's wait: it is ahead of the consumers almost always, and a plain try_wait loop spun ~126
+// times per wait there, taking issue slots from the consumer warps of its SM sub-partition (ncu,
+// bench/NOTES.md). With a suspend-time hint the thread sleeps until the phase completes (or the hint,
+// in ns, runs out) instead.
+__device__ __forceinline__ void mbar_wait_sleep(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_AGAIN:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n"
+      "@!done bra WAIT_AGAIN;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity), "r"(1000000u)
+      : "memory");
 }
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
+
+// Orders this thread's generic-proxy shared-memory writes before later async-proxy reads (wgmma, TMA).
+__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 }  // namespace sage::sm90

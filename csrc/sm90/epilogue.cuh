@@ -20,25 +20,22 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b, bool bf16) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// acc: m64nD accumulator (acc[4j + 2i + e]: channel 8j + 2q + e of row `row0 + 8i`).
-// st.l holds per-thread partial sums (times 448) that the quad adds up here.
+// acc: the m64n(D+8) P.V accumulator (acc[4j + 2i + e]: column 8j + 2q + e of row `row0 + 8i`); its
+// columns D..D+7 are the ones rows' products, so acc[D/2 + 2i] is row i's full sum l (times 448).
 template <int D>
-__device__ __forceinline__ void store_output(const float (&acc)[D / 2], RowState& st, const Sm90Params& p, int b,
-                                             int h, int row0, int q) {
+__device__ __forceinline__ void store_output(const float (&acc)[D / 2 + 4], const RowState& st, const Sm90Params& p,
+                                             int b, int h, int row0, int q) {
   const int hk = h / p.group;
   const float* vs = p.v_scale + (static_cast<int64_t>(b) * p.heads_kv + hk) * D;
   const float* vm = p.v_mean ? p.v_mean + (static_cast<int64_t>(b) * p.heads_kv + hk) * D : nullptr;
   char* o_head = static_cast<char*>(p.o) + 2 * (b * p.o_stride_b + h * p.o_stride_h);
-  float inv[2];
+  float l[2], inv[2];
   bool seen[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    float l = st.l[i];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    st.l[i] = l;
-    seen[i] = l > 0.f;
-    inv[i] = seen[i] ? 1.f / l : 0.f;
+    l[i] = acc[D / 2 + 2 * i];
+    seen[i] = l[i] > 0.f;
+    inv[i] = seen[i] ? 1.f / l[i] : 0.f;
   }
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) {
@@ -60,7 +57,7 @@ __device__ __forceinline__ void store_output(const float (&acc)[D / 2], RowState
     for (int i = 0; i < 2; ++i) {
       const int row = row0 + 8 * i;
       if (row >= p.seq_q) continue;
-      const float lse = seen[i] ? (st.m[i] + log2f(st.l[i]) - kLog2FP8Max) * 0.6931471805599453f : -CUDART_INF_F;
+      const float lse = seen[i] ? (st.m[i] + log2f(l[i]) - kLog2FP8Max) * 0.6931471805599453f : -CUDART_INF_F;
       p.lse[(static_cast<int64_t>(b) * p.heads_q + h) * p.seq_q + row] = lse;
     }
   }
@@ -69,12 +66,12 @@ __device__ __forceinline__ void store_output(const float (&acc)[D / 2], RowState
 // A Q block none of whose rows sees a key (causal with Nq > Nk): O = 0, LSE = -inf.
 template <int D>
 __device__ __forceinline__ void store_masked_rows(const Sm90Params& p, int b, int h, int row0, int q) {
-  float zero[D / 2];
+  float zero[D / 2 + 4];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) zero[i] = 0.f;
+  for (int i = 0; i < D / 2 + 4; ++i) zero[i] = 0.f;
   RowState st;
   st.m[0] = st.m[1] = -CUDART_INF_F;
-  st.l[0] = st.l[1] = 0.f;
+  st.alpha[0] = st.alpha[1] = 0.f;
   store_output<D>(zero, st, p, b, h, row0, q);
 }
 

@@ -5,16 +5,18 @@
 //   warpgroup 0, one thread: producer. Loads the Q block once per tile, then K and V^T tiles into
 //     kStages slots (full/empty mbarrier pairs; K and V separately, since K frees after QK and V after
 //     P.V). Gives its registers to the consumers (setmaxnreg).
-//   warpgroups 1, 2: consumers, 64 Q rows each. Per K tile n:
-//       issue QK(n) -> S;  issue P(n-1).V(n-1) -> acc_pv            (one batch of wgmmas)
-//       wait QK(n) [and, unless kOverlapPV, P.V(n-1)]; free the K slot
-//       acc_o = acc_o * alpha(n-1) + acc_pv                         (the two-level accumulation)
-//       softmax(n) (dequantize, mask, online max, exp2, row sum)
+//   warpgroups 1, 2: consumers, 64 Q rows each, running independently. Per K tile n:
+//       issue QK(n) -> S;  issue P(n-1).V(n-1) -> acc_pv            (two commit groups)
+//       wait QK(n) only; free the K slot
+//       softmax(n) (dequantize, mask, online max, exp2; the row sum comes from the P.V wgmma)
+//         while the tensor cores still work on P(n-1).V(n-1)
+//       wait P.V(n-1); free its V slot; acc_o = acc_o * alpha(n-1) + acc_pv   (the two-level accumulation)
 //       P(n) = e4m3(448 * p), already in A-fragment order (p_fragment.cuh)
-//     With kOverlapPV the P.V(n-1) wait moves after the softmax, so the tensor cores work on it while
-//     the warpgroup runs exp2; that needs P.V's accumulator live through the softmax, which only fits the
-//     register budget at D = 64 or in narrow mode. The two consumers run independently by default
-//     (Traits::kPingPong, see sched_wait).
+//     Keeping P.V(n-1) in flight through the softmax holds its accumulator and P(n-1) live beside S and
+//     acc_o: at D = 128 that is 68 + 16 + 64 + 68 registers before any scalar, and ptxas spills ~100
+//     bytes of the 240 a consumer has. Measured on the H100 it is still 8% faster than waiting for
+//     P.V(n-1) before the softmax (bench/NOTES.md), as is each consumer running on its own rather than in
+//     a ping-pong with the other (named barriers around the wgmma issue: 6% slower at D = 128).
 #pragma once
 #include <cuda.h>
 #include <math_constants.h>
@@ -52,14 +54,14 @@ __device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const S
     if (w.n_k_tiles == 0) continue;
     const int hk = w.h / p.group;
     const int kv_head = w.b * p.heads_kv + hk;
-    mbar_wait(&sm.empty_q, (q_count & 1) ^ 1);
+    mbar_wait_sleep(&sm.empty_q, (q_count & 1) ^ 1);
     mbar_arrive_expect_tx(&sm.full_q, Traits::kQBytes);
     tma_load_3d(sm.q, tm_q, &sm.full_q, 0, w.q_block * Traits::kBlkQ, w.b * p.heads_q + w.h);
     ++q_count;
     for (int n = 0; n < w.n_k_tiles; ++n, ++k_iter) {
       const int st = k_iter % S;
       const uint32_t ph = (k_iter / S) & 1;
-      mbar_wait(&sm.empty_k[st], ph ^ 1);
+      mbar_wait_sleep(&sm.empty_k[st], ph ^ 1);
       mbar_arrive_expect_tx(&sm.full_k[st], Traits::kKBytes);
       if constexpr (Traits::kKOrder == KOrder::kPermuted) {
         // Coordinates: channel, e, q, j', 16-token chunk (the map flattens B * Hkv * Nk_pad / 16).
@@ -68,7 +70,7 @@ __device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const S
       } else {
         tma_load_3d(sm.k[st], tm_k, &sm.full_k[st], 0, n * Traits::kBlkK, kv_head);
       }
-      mbar_wait(&sm.empty_v[st], ph ^ 1);
+      mbar_wait_sleep(&sm.empty_v[st], ph ^ 1);
       mbar_arrive_expect_tx(&sm.full_v[st], Traits::kVBytes);
       tma_load_3d(sm.v[st], tm_v, &sm.full_v[st], n * Traits::kBlkK, 0, kv_head);
     }
@@ -76,16 +78,16 @@ __device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const S
 }
 
 template <class Traits>
-__device__ __forceinline__ void issue_pv(float (&acc_pv)[Traits::kORegs], const uint32_t (&pa)[Traits::kPVSteps][4],
+__device__ __forceinline__ void issue_pv(float (&acc_pv)[Traits::kPVRegs], const uint32_t (&pa)[Traits::kPVSteps][4],
                                          uint32_t desc_v_lo, bool accumulate) {
   constexpr uint32_t hi = smem_desc_hi(Traits::kVGroupStride, Swizzle::k128B);
 #pragma unroll
   for (int kk = 0; kk < Traits::kPVSteps; ++kk) {
     const uint64_t dv = smem_desc(desc_v_lo + 2 * kk, hi);  // +32 bytes per k32 step
     if constexpr (Traits::D == 128)
-      wgmma_m64n128k32_f32_e4m3_rs(acc_pv, pa[kk], dv, accumulate || kk > 0);
+      wgmma_m64n136k32_f32_e4m3_rs(acc_pv, pa[kk], dv, accumulate || kk > 0);
     else
-      wgmma_m64n64k32_f32_e4m3_rs(acc_pv, pa[kk], dv, accumulate || kk > 0);
+      wgmma_m64n72k32_f32_e4m3_rs(acc_pv, pa[kk], dv, accumulate || kk > 0);
   }
 }
 
@@ -104,19 +106,6 @@ __device__ __forceinline__ void fence_p(uint32_t (&pa)[K][4]) {
   for (int k = 0; k < K; ++k) fence_regs(pa[k]);
 }
 
-// Ping-pong of the two consumers at the tensor cores (Traits::kPingPong): wait for my turn, release the
-// other's. Off by default: measured on an H100 (bench/NOTES.md), this kernel is bound by the softmax's
-// issue slots and latencies, not by the tensor cores, and letting both consumers' softmax run at once
-// (two warps per scheduler to hide latency instead of one) was faster at both head dims.
-template <bool ON>
-__device__ __forceinline__ void sched_wait(int cw) {
-  if constexpr (ON) named_barrier_sync(kSchedBarrierBase + cw, kSchedBarrierThreads);
-}
-template <bool ON>
-__device__ __forceinline__ void sched_release(int cw) {
-  if constexpr (ON) named_barrier_arrive(kSchedBarrierBase + 1 - cw, kSchedBarrierThreads);
-}
-
 template <int N>
 __device__ __forceinline__ void scale_rows(float (&acc)[N], const float (&alpha)[2]) {
 #pragma unroll
@@ -128,15 +117,6 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
   constexpr int S = Traits::kStages;
   constexpr int D = Traits::D;
   constexpr KOrder ORDER = Traits::kKOrder;
-  // Overlap P.V(n-1) with softmax(n) inside the warpgroup (on top of the ping-pong between the two
-  // warpgroups) only where the registers allow: it keeps the P.V accumulator and P(n-1) live through the
-  // softmax. At D = 128 with the two-level fp32 accumulator that is 64 + 64 + 64 + 16 registers before
-  // any scalar, past the 240 a consumer has, so there P.V(n-1) is waited for before the softmax.
-#ifdef SAGE_SM90_FORCE_OVERLAP  // experiments only: 0 or 1 overrides the choice below
-  constexpr bool kOverlapPV = SAGE_SM90_FORCE_OVERLAP;
-#else
-  constexpr bool kOverlapPV = D == 64 || NARROW;
-#endif
   const int tid = threadIdx.x - 128 * (cw + 1);
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const float c = p.scale_log2;
@@ -144,9 +124,6 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
   // Pipeline position of the next K tile: slot and phase bit, advanced incrementally (no div/mod).
   int stg = 0;
   uint32_t ph = 0;
-
-  // With the ping-pong on, consumer 0 goes first: consumer 1 opens its first turn once.
-  if (cw == 1) sched_release<Traits::kPingPong>(1);
 
   // Registers are the scarce resource here (D = 128 holds S, two O accumulators and P at once), so
   // per-thread constants are kept few: one descriptor base (Q, K and V slots are fixed offsets from it)
@@ -183,13 +160,13 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       st.m[i] = -CUDART_INF_F;
-      st.l[i] = 0.f;
       st.alpha[i] = 0.f;
     }
     float alpha_prev[2] = {0.f, 0.f};
-    float acc_o[Traits::kORegs], acc_pv[Traits::kORegs];
+    // The D output channels and, in the last 4 registers, the row sums l (traits.cuh, kOnesRows).
+    float acc_o[Traits::kPVRegs], acc_pv[Traits::kPVRegs];
 #pragma unroll
-    for (int i = 0; i < Traits::kORegs; ++i) acc_o[i] = acc_pv[i] = 0.f;
+    for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_pv[i] = 0.f;
     uint32_t pa[Traits::kPVSteps][4];
 
     mbar_wait(&sm.full_q, q_count & 1);
@@ -215,7 +192,6 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         }
       }
 
-      sched_wait<Traits::kPingPong>(cw);
       mbar_wait(&sm.full_k[stg], ph);
       // V(n-1) was loaded before K(n), so waiting for it here costs nothing, and it keeps the spin loop
       // out of the stretch between wgmma_fence and the last wgmma (ptxas serializes wgmmas otherwise).
@@ -225,10 +201,9 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       issue_qk<Traits>(s, desc_q_lo, desc_base_lo + kDescK + stg * (Traits::kKBytes >> 4));
       wgmma_commit();
       if constexpr (!FIRST) {
-        issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + prev * (Traits::kVBytes >> 4), NARROW);
+        issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + prev * (Traits::kVStageBytes >> 4), NARROW);
         wgmma_commit();
       }
-      sched_release<Traits::kPingPong>(cw);
 
       // Finishing P.V(n-1) (wait, free its V slot, fold it into acc_o).
       auto finish_pv = [&]() {
@@ -237,16 +212,15 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         if (lane == 0) mbar_arrive(&sm.empty_v[prev]);
         if constexpr (!NARROW) {
 #pragma unroll
-          for (int i = 0; i < Traits::kORegs; ++i) acc_o[i] = acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
+          for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
         }
       };
-      if constexpr (FIRST || !kOverlapPV) wgmma_wait<0>(); else wgmma_wait<1>();
+      if constexpr (FIRST) wgmma_wait<0>(); else wgmma_wait<1>();  // QK(n) done; P.V(n-1) may run on
       fence_regs(s);
       if (lane == 0) {
         mbar_arrive(&sm.empty_k[stg]);
         if (n == w.n_k_tiles - 1) mbar_arrive(&sm.empty_q);  // the last read of this Q block
       }
-      if constexpr (!FIRST && !kOverlapPV) finish_pv();
 
       TileColumns cols;
       cols.tok0 = n * Traits::kBlkK;
@@ -260,7 +234,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       else
         softmax_tile<ORDER, false, HAS_DS>(s, x, st, scale, cols, c, q);
 
-      if constexpr (!FIRST && kOverlapPV) {
+      if constexpr (!FIRST) {
         wgmma_wait<0>();
         finish_pv();
       }
@@ -278,23 +252,21 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
     step(0, std::true_type{});
     for (int n = 1; n < w.n_k_tiles; ++n) step(n, std::false_type{});
 
-    // P.V of the last tile, in this consumer's turn like every other wgmma.
+    // P.V of the last tile.
     {
       const int last = stg == 0 ? S - 1 : stg - 1;
       const uint32_t last_ph = stg == 0 ? ph ^ 1 : ph;
-      sched_wait<Traits::kPingPong>(cw);
       mbar_wait(&sm.full_v[last], last_ph);
       wgmma_fence();
-      issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + last * (Traits::kVBytes >> 4), NARROW);
+      issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + last * (Traits::kVStageBytes >> 4), NARROW);
       wgmma_commit();
-      sched_release<Traits::kPingPong>(cw);
       wgmma_wait<0>();
       fence_regs(acc_pv);
       fence_p(pa);
       if (lane == 0) mbar_arrive(&sm.empty_v[last]);
     }
 #pragma unroll
-    for (int i = 0; i < Traits::kORegs; ++i)
+    for (int i = 0; i < Traits::kPVRegs; ++i)
       acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
     store_output<D>(acc_o, st, p, w.b, w.h, row0, q);
   }
@@ -320,6 +292,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
     mbar_fence_init();
   }
+  // The ones rows after each V^T stage (traits.cuh, kOnesRows): e4m3 1.0 = 0x38, written once (the TMA
+  // writes only the D channel rows), then made visible to the async proxy the wgmmas read through.
+  for (int i = threadIdx.x; i < Traits::kStages * Traits::kOnesRows * Traits::kBlkK / 4; i += blockDim.x) {
+    const int stage = i / (Traits::kOnesRows * Traits::kBlkK / 4), word = i % (Traits::kOnesRows * Traits::kBlkK / 4);
+    reinterpret_cast<uint32_t*>(sm.v[stage] + Traits::kVBytes)[word] = 0x38383838u;
+  }
+  fence_proxy_async_smem();
   __syncthreads();
 
   if (wg == 0) {

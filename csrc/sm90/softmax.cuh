@@ -2,7 +2,9 @@
 // warp's 16), in the structure of sage_cli/numerics/quantized.py:
 //   x = (acc * q_scale * k_scale [+ ds]) * sm_scale * log2(e)     (masked -> -inf)
 //   m_new = max(m, rowmax x);  m_use = m_new, or 0 while the row has seen no visible key
-//   alpha = exp2(m - m_use);  p = exp2(x - m_use);  l = l * alpha + sum p   (l from the fp32 p, unrounded)
+//   alpha = exp2(m - m_use);  p = exp2(x - m_use)
+// The row sum l is not taken here: the P.V wgmma computes it from the FP8 P~ (a ones column in V^T,
+// traits.cuh), which numerics/ calls row_sum="mma".
 // Differences of rounding only: q_scale*k_scale*sm_scale*log2(e) is one product per (row, k group);
 // x - m_use is one FMA; P's static FP8 scale 448 is folded into the exponent (x - m_use + log2 448), so p
 // and l both carry the factor 448, which cancels in acc / l.
@@ -10,8 +12,12 @@
 // Cost is what matters here (per score: the exp2 is a quarter-rate MUFU op, everything else competes
 // for one issue slot per clock with it). Without the smooth-Q bias the row max is taken on the raw
 // integers of each k-scale group and scaled once per group (scales are positive and rounding is
-// monotonic, so max(v * s) == max(v) * s exactly); per score that leaves int->float (I2FP, full rate),
-// max, one FMA, exp2 and the row-sum add.
+// monotonic, so max(v * s) == max(v) * s exactly). The integers become floats by the magic-number trick:
+// bits(s + 0x4B400000) is the float 1.5 * 2^23 + s exactly for |s| < 2^22 (|s| <= 128 * 127^2 < 2^21),
+// an integer add on a full-rate pipe, where I2FP and FMNMX share the half-rate one (bench/pipe_rates.cu);
+// the offset folds into the exp2 FMA's addend. Per score that leaves IADD, FMNMX, one FFMA and the exp2.
+// The FMA's addend -(1.5 * 2^23 * scale + shift) is one rounding, about one integer step of the score,
+// far below INT8 quantization's own error (the GPU tests hold the kernel to numerics/ at ~1e-3 relL1).
 #pragma once
 #include <math_constants.h>
 #include <stdint.h>
@@ -21,6 +27,8 @@
 namespace sage::sm90 {
 
 constexpr float kLog2FP8Max = 8.807354922057604f;  // log2(448)
+constexpr int kMagicBits = 0x4B400000;             // the float 1.5 * 2^23: bits(kMagic) + s == kMagic + s
+constexpr float kMagic = 12582912.f;
 
 __device__ __forceinline__ float ex2_approx(float x) {
   float y;
@@ -30,7 +38,6 @@ __device__ __forceinline__ float ex2_approx(float x) {
 
 struct RowState {
   float m[2];      // running max (log2 units), -inf until a visible key
-  float l[2];      // this thread's partial row sum (the quad's four partials add up in the epilogue)
   float alpha[2];  // rescale factor of the tile just processed
 };
 
@@ -70,7 +77,7 @@ template <KOrder ORDER, bool MASK, bool HAS_DS, int NREG>
 __device__ __forceinline__ void softmax_tile(const uint32_t (&s)[NREG], float (&x)[NREG], RowState& st,
                                              const float (&scale)[2][4], const TileColumns& cols, float c, int q) {
   constexpr int kGroups = NREG / 4;
-  // 1. Scores (or, without ds, the raw integers as floats) and masking.
+  // 1. Scores (or, without ds, the raw integers as floats offset by kMagic) and masking.
 #pragma unroll
   for (int j = 0; j < kGroups; ++j) {
     float2 ds2 = make_float2(0.f, 0.f);
@@ -80,8 +87,11 @@ __device__ __forceinline__ void softmax_tile(const uint32_t (&s)[NREG], float (&
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int idx = 4 * j + 2 * i + e;
-        float v = __int2float_rn(static_cast<int>(s[idx]));  // exact: |acc| < 2^21
-        if constexpr (HAS_DS) v = fmaf(v, scale[i][scale_slot(j)], (e ? ds2.y : ds2.x) * c);
+        float v;
+        if constexpr (HAS_DS)  // exact conversion (|acc| < 2^21), then dequantize and add the bias
+          v = fmaf(__int2float_rn(static_cast<int>(s[idx])), scale[i][scale_slot(j)], (e ? ds2.y : ds2.x) * c);
+        else
+          v = __int_as_float(static_cast<int>(s[idx]) + kMagicBits);
         if (MASK && cols.tok0 + column_token<ORDER>(j, q, e) >= cols.limit[i]) v = -CUDART_INF_F;
         x[idx] = v;
       }
@@ -103,13 +113,21 @@ __device__ __forceinline__ void softmax_tile(const uint32_t (&s)[NREG], float (&
 #pragma unroll
       for (int j = 0; j < kGroups; ++j)
         mt[scale_slot(j)] = fmaxf(mt[scale_slot(j)], fmaxf(x[4 * j + 2 * i], x[4 * j + 2 * i + 1]));
-      mx[i] = fmaxf(fmaxf(mt[0] * scale[i][0], mt[1] * scale[i][1]), fmaxf(mt[2] * scale[i][2], mt[3] * scale[i][3]));
+      float m4[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) m4[t] = (mt[t] - kMagic) * scale[i][t];  // exact subtraction, then scale
+      mx[i] = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
     }
   }
   float shift[2];
   update_rows(st, mx, shift);
-  // 3. exp2 and row sums, both rows interleaved.
-  float sum[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  // exp2's argument without ds: x * scale + bias, with the magic offset folded into the bias.
+  float bias[2][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int t = 0; t < 4; ++t) bias[i][t] = HAS_DS ? 0.f : -fmaf(kMagic, scale[i][t], shift[i]);
+  // 3. exp2, both rows interleaved.
 #pragma unroll
   for (int j = 0; j < kGroups; ++j)
 #pragma unroll
@@ -117,13 +135,10 @@ __device__ __forceinline__ void softmax_tile(const uint32_t (&s)[NREG], float (&
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int idx = 4 * j + 2 * i + e;
-        // Without ds, x still holds the integer score: scale it inside the same FMA.
-        const float arg = HAS_DS ? x[idx] - shift[i] : fmaf(x[idx], scale[i][scale_slot(j)], -shift[i]);
+        // Without ds, x still holds the offset integer score: scale it inside the same FMA.
+        const float arg = HAS_DS ? x[idx] - shift[i] : fmaf(x[idx], scale[i][scale_slot(j)], bias[i][scale_slot(j)]);
         x[idx] = ex2_approx(arg);
-        sum[i][e] += x[idx];
       }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) st.l[i] = st.l[i] * st.alpha[i] + (sum[i][0] + sum[i][1]);
 }
 
 }  // namespace sage::sm90

@@ -2,10 +2,10 @@
 //
 // One CTA = 3 warpgroups: a producer (TMA loads, few registers) and two consumers of 64 Q rows each
 // (BLK_Q = 128), so each consumer's QK tile is one wgmma m64n128 and its P.V one m64nD.
-// Why BLK_K = 128 at both head dims: the S accumulator (64 regs), the P.V block accumulator (D/2), the
-// fp32 output accumulator of the two-level scheme (D/2) and P in FP8 (16) must all live at once while the
-// P.V wgmma of the previous tile overlaps this tile's softmax; at D = 128 that is ~210 of the 240
-// registers a consumer gets.
+// Why BLK_K = 128 at both head dims: the S accumulator (64 regs), the P.V block accumulator (D/2 + 4),
+// the fp32 output accumulator of the two-level scheme (D/2 + 4) and P in FP8 (16) must all live at once
+// while the P.V wgmma of the previous tile overlaps this tile's softmax; at D = 128 that is 216 of the 240
+// registers a consumer gets, and ptxas spills ~100 bytes (measured faster than not overlapping anyway).
 #pragma once
 #include <cuda.h>
 #include <stdint.h>
@@ -33,19 +33,21 @@ struct Sm90AttnTraits {
   static constexpr int kBlkK = 128;
   static constexpr int kStages = D == 128 ? 3 : 4;  // K and V tiles in flight (1 CTA per SM either way)
 
-#ifdef SAGE_SM90_PINGPONG  // experiments: 1 turns the consumer ping-pong on (see kernel.cuh)
-  static constexpr bool kPingPong = SAGE_SM90_PINGPONG;
-#else
-  static constexpr bool kPingPong = false;
-#endif
-
   static constexpr int kProducerRegs = 24;   // the producer only issues TMA
   static constexpr int kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K registers
 
   static constexpr int kQKSteps = D / 32;      // k32 steps of the int8 QK wgmma
   static constexpr int kPVSteps = kBlkK / 32;  // k32 steps of the e4m3 P.V wgmma
   static constexpr int kSRegs = kBlkK / 2;     // int32 S accumulator per thread (64 x 128 / 128 threads)
-  static constexpr int kORegs = D / 2;         // fp32 O accumulator per thread
+  static constexpr int kORegs = D / 2;         // fp32 O accumulator per thread (the D output channels)
+  // The row sum of P~ comes out of the P.V wgmma: V^T carries kOnesRows extra rows of 1.0 after its D
+  // channels, so accumulator columns D..D+7 each hold sum_j P~[r, j] (every thread gets its rows' full
+  // sums, no quad reduction). It replaces one FADD per score in the softmax; the price is N = D + 8 on the
+  // tensor cores (+6% at D = 128, +12.5% at D = 64), which have time to spare here. numerics/ names this
+  // row_sum="mma" (the sum of the FP8-rounded P~, accumulated like O).
+  static constexpr int kOnesRows = 8;
+  static constexpr int kPVN = D + kOnesRows;   // N of the P.V wgmma
+  static constexpr int kPVRegs = kPVN / 2;     // its fp32 accumulator per thread; [kORegs + 2 * i] = l(row i)
 
   // Q and K tiles: rows of D bytes, swizzled over exactly one row (128B for D=128, 64B for D=64).
   static constexpr Swizzle kQKSwizzle = D == 128 ? Swizzle::k128B : Swizzle::k64B;
@@ -57,22 +59,18 @@ struct Sm90AttnTraits {
 
   static constexpr uint32_t kQBytes = kBlkQ * D;
   static constexpr uint32_t kKBytes = kBlkK * D;
-  static constexpr uint32_t kVBytes = D * kBlkK;
+  static constexpr uint32_t kVBytes = D * kBlkK;                          // what the TMA writes per stage
+  static constexpr uint32_t kVStageBytes = kVBytes + kOnesRows * kBlkK;   // + the ones rows (set once)
 
   struct alignas(1024) Smem {
     alignas(1024) int8_t q[kQBytes];
     alignas(1024) int8_t k[kStages][kKBytes];
-    alignas(1024) uint8_t v[kStages][kVBytes];
+    alignas(1024) uint8_t v[kStages][kVStageBytes];
     uint64_t full_q, empty_q;
     uint64_t full_k[kStages], empty_k[kStages];
     uint64_t full_v[kStages], empty_v[kStages];
   };
   static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;  // + slack to align the dynamic base
 };
-
-// Named barrier ids (0 is __syncthreads): consumer c waits on kSchedBase + c for its turn at the tensor
-// cores and releases kSchedBase + (1 - c) once its wgmmas are issued.
-constexpr int kSchedBarrierBase = 1;
-constexpr int kSchedBarrierThreads = 256;
 
 }  // namespace sage::sm90

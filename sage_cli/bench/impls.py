@@ -111,7 +111,7 @@ def sage_reference(settings: Optional[SageSettings], device: torch.device) -> Im
     def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> Prepared:
         from ..attention import sageattn
 
-        kw = settings_kwargs(_with_kernel_blk_k(settings, case))
+        kw = settings_kwargs(_as_the_kernel_runs(settings, case))
         return Prepared(
             lambda: sageattn(
                 q, k, v, tensor_layout="HND", is_causal=case.causal, sm_scale=case.sm_scale, backend="reference", **kw
@@ -129,17 +129,17 @@ def sage_reference(settings: Optional[SageSettings], device: torch.device) -> Im
     )
 
 
-def _with_kernel_blk_k(settings: Optional[SageSettings], case: Case) -> Optional[SageSettings]:
-    """On a GPU the kernels serve, the reference uses the kernel's K block, so that both round P at the same
-    running maximum (settings.py, ``blk_k``); elsewhere the settings stay as given."""
+def _as_the_kernel_runs(settings: Optional[SageSettings], case: Case) -> Optional[SageSettings]:
+    """On a GPU the kernels serve, the reference takes the kernel's K block and row sum, so that both round P
+    at the same running maximum and divide by the same l (kernels.reference_settings); elsewhere the settings
+    stay as given."""
     if case.device.type != "cuda":
         return settings
     try:
         from .. import kernels
 
-        base = settings or SageSettings()
-        return base.replace(blk_k=kernels.blk_k(case.head_dim, base, device=case.device))
-    except Exception:  # noqa: BLE001 (no kernels here: the reference keeps its own default block)
+        return kernels.reference_settings(case.head_dim, settings or SageSettings(), device=case.device)
+    except Exception:  # noqa: BLE001 (no kernels here: the reference keeps its own defaults)
         return settings
 
 

@@ -11,10 +11,10 @@ ops.py (buffers, calls, the ``sage::attn_fwd`` custom op), layout.py (numerics -
 from .builder import ARCHS, build, cached_library, find_nvcc, library_path
 from .dispatch import KernelStatus, resolve_family, status, unsupported_reason
 from .errors import KernelBuildError, KernelError, KernelUnavailable
-from .ops import Prepared, QuantBuffers, attention_only, blk_k, prepare, quantize, sageattn_cuda
+from .ops import Prepared, QuantBuffers, attention_only, prepare, quantize, reference_settings, sageattn_cuda
 
 __all__ = [
     "ARCHS", "KernelBuildError", "KernelError", "KernelStatus", "KernelUnavailable", "Prepared", "QuantBuffers",
-    "attention_only", "blk_k", "build", "cached_library", "find_nvcc", "library_path", "prepare", "quantize",
+    "attention_only", "build", "cached_library", "find_nvcc", "library_path", "prepare", "quantize", "reference_settings",
     "resolve_family", "sageattn_cuda", "status", "unsupported_reason",
 ]

@@ -250,9 +250,16 @@ def attention_only(prepared: Prepared) -> torch.Tensor:
     return o
 
 
-def blk_k(head_dim: int, settings: Optional[SageSettings] = None, family: str = "auto", device: Optional[torch.device] = None) -> int:
-    """The K block (tokens) of the kernel that would run ``settings``; give it to the reference as
-    ``settings.replace(blk_k=...)`` so both round P at the same running maximum.
+# How each family sums the softmax denominator (settings.py, row_sum): the wgmma kernel takes it from the
+# P.V wgmma (a ones column in V^T, csrc/sm90/traits.cuh), the mma.sync kernels from the fp32 P.
+ROW_SUM = {"wgmma": "mma", "mma_sync": "fp32"}
+
+
+def reference_settings(head_dim: int, settings: Optional[SageSettings] = None, family: str = "auto",
+                       device: Optional[torch.device] = None) -> SageSettings:
+    """``settings`` with the properties of the kernel that would run it here (its K block ``blk_k`` and its
+    ``row_sum``), for the reference: numerics/ then computes what that kernel computes, rounding P at the
+    same running maximum and summing the same denominator.
 
     Raises KernelUnavailable when no kernel serves the configuration here.
     """
@@ -262,7 +269,7 @@ def blk_k(head_dim: int, settings: Optional[SageSettings] = None, family: str = 
     n = dispatch.load(arch).blk_k(head_dim, settings.qk_dtype, settings.pv_dtype, fam)
     if n <= 0:
         raise KernelUnavailable(f"no {fam} kernel for head dim {head_dim}, {settings.qk_dtype} QK, {settings.pv_dtype} PV")
-    return n
+    return settings.replace(blk_k=n, row_sum=ROW_SUM[fam])
 
 
 # ---- the custom op ------------------------------------------------------------------------------------
@@ -306,7 +313,7 @@ def sageattn_cuda(
     is_causal : bottom-right aligned causal mask.
     sm_scale : default ``1 / sqrt(D)``.
     return_lse : also return the LSE (of the smoothed scores: see the module docstring).
-    settings : `SageSettings` (default INT8 per_thread, FP8 PV); ``settings.blk_k`` is ignored (see `blk_k`).
+    settings : `SageSettings` (default INT8 per_thread, FP8 PV); ``settings.blk_k`` and ``settings.row_sum`` are ignored (see `reference_settings`).
     family : ``"auto"``, or ``"mma_sync"`` / ``"wgmma"`` to force a kernel family (tests).
 
     Returns

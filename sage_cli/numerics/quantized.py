@@ -91,9 +91,14 @@ def quantized_attention_core(
     k_tok_scale = qk.k_scale.index_select(2, k_group_index(torch.arange(nk_pad, device=dev), settings.granularity))
 
     fp8 = settings.pv_dtype == "fp8"
+    # row_sum="mma": l is the P.V product with a column of ones appended to V (FP8 1.0), so it sums the
+    # rounded P~ in the same narrow accumulator, with the same two-level flush, as the output does.
+    l_from_mma = fp8 and settings.row_sum == "mma"
     if fp8:
         qv = quantize_v(v, settings)
         v_blocks = qv.v_fp8.to(torch.float32)
+        if l_from_mma:
+            v_blocks = torch.cat([v_blocks, torch.ones_like(v_blocks[..., :1])], dim=-1)
     else:  # FP16 PV reads V as given; smooth_v and static V scales only concern the FP8 path
         qv = None
         v_blocks = pad_tokens(v.to(torch.float32), nk_pad)
@@ -101,7 +106,7 @@ def quantized_attention_core(
 
     m = torch.full((b, hkv, rows_total), float("-inf"), device=dev)
     l = torch.zeros((b, hkv, rows_total), device=dev)
-    acc = torch.zeros((b, hkv, rows_total, v.shape[-1]), device=dev)
+    acc = torch.zeros((b, hkv, rows_total, v_blocks.shape[-1]), device=dev)
     for start in range(0, nk, settings.blk_k):
         end = min(start + settings.blk_k, nk_pad)
         cols = torch.arange(start, end, device=dev)
@@ -118,13 +123,16 @@ def quantized_attention_core(
         m_use = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
         alpha = torch.exp2(m - m_use)
         p = torch.exp2(x - m_use[..., None])
-        l = l * alpha + p.sum(dim=-1)  # the denominator sums the fp32 P, before any rounding of P
+        if not l_from_mma:
+            l = l * alpha + p.sum(dim=-1)  # the denominator sums the fp32 P, before any rounding of P
         if fp8:
             acc = accumulate_fp8(acc, alpha, p, v_blocks[:, :, start:end], settings.pv_accum)
         else:
             acc = accumulate_fp16(acc, alpha, p, v_blocks[:, :, start:end], p_dtype)
         m = m_new
 
+    if l_from_mma:
+        acc, l = acc[..., :-1], acc[..., -1] / FP8_MAX  # P~ carries the static scale 448; l in p units
     seen = l > 0
     o = acc / torch.where(seen, l, torch.ones_like(l))[..., None]
     if fp8:
@@ -166,7 +174,8 @@ def quantized_attention(
     The steps, in the order the kernels run them: smooth and quantize Q/K (``quantize.py``); per K block of
     ``settings.blk_k`` tokens, exact integer scores times ``q_scale * k_scale`` (+ ``ds``), then
     ``x = s * sm_scale * log2(e)``, running max ``m``, ``p = exp2(x - m)`` in fp32; the denominator ``l``
-    sums the fp32 ``p``; ``P~ = e4m3(448 p)`` times FP8 V accumulates as ``accumulate.py`` describes;
+    sums the fp32 ``p`` (``row_sum="fp32"``) or the rounded ``P~ / 448`` through the P.V accumulator
+    (``row_sum="mma"``); ``P~ = e4m3(448 p)`` times FP8 V accumulates as ``accumulate.py`` describes;
     finally ``O = acc / l * v_scale / 448 (+ v_mean)``.
 
     Returns
