@@ -193,7 +193,7 @@ def bench(
                         heads_kv=heads_kv, progress=progress)
     if as_json:
         return _emit_json(rep.to_json())
-    render.out.print(render.bench_table(render_rows(rep), title=f"sage bench on {rep.device}"))
+    render.print_whole(render.bench_table(render_rows(rep), title=f"sage bench on {rep.device}"))
     for note in rep.notes:
         render.out.print(note)
 

@@ -5,6 +5,7 @@ import contextlib
 from typing import Iterator, Optional
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -95,6 +96,19 @@ def verify_tables(rep) -> list:
     return [t, e, c]
 
 
+def print_whole(table: Table, console: Optional[Console] = None) -> None:
+    """Print a table at its natural width even where the terminal (or a pipe, 80 columns to rich) is
+    narrower: the terminal then wraps lines, but no figure is cut to '…' or dropped."""
+    console = console or out
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    width = console.width
+    console.width = max(width, natural)  # print() caps its width at the console's, so widen the console
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def bench_table(rows: list[dict], title: str) -> Table:
     t = Table(title=title)
     if not rows:
@@ -102,7 +116,7 @@ def bench_table(rows: list[dict], title: str) -> Table:
     # Columns empty in every row (timings without a GPU) are left out rather than drawn blank.
     cols = [c for c in rows[0] if any(r.get(c) not in (None, "") for r in rows)]
     for c in cols:
-        t.add_column(str(c), no_wrap=c == "implementation")
+        t.add_column(str(c), no_wrap=c != "note")
     for r in rows:
         t.add_row(*[_f(r[c], ".3f") if isinstance(r[c], float) else ("-" if r[c] is None else str(r[c])) for c in cols])
     return t

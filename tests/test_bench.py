@@ -176,6 +176,26 @@ def test_render_rows_speedup_against_preferred_baseline() -> None:
     assert all(list(t) == list(table[0]) for t in table)  # same columns in every row
 
 
+def test_bench_table_keeps_every_figure_whole_in_an_80_column_terminal() -> None:
+    """Printed to a narrow terminal or a pipe, the table keeps its width: no figure is cut to '…' or dropped."""
+    from rich.console import Console
+
+    from sage_cli.render import bench_table, print_whole
+
+    rows = [
+        BenchRow(32768, 128, "sage (kernel only)", "sage", time_ms=21.259, tops=827.5, cos=0.999212, rel_l1=0.0343,
+                 note="attention kernel; inputs quantized beforehand"),
+        BenchRow(32768, 128, "fa3-bf16", "peer", time_ms=24.049, tops=731.5, cos=0.999999, rel_l1=0.0014),
+    ]
+    runner._add_speedups(rows, 32768, 128)
+    console = Console(width=80, record=True)
+    print_whole(bench_table(render_rows(BenchReport("GPU", "t", "13.0", {}, rows=rows)), title="t"), console)
+    text = console.export_text()
+    for figure in ("21.259", "827.5", "0.999212", "0.0343", "24.049", "731.5", "1.13x", "sage (kernel only)",
+                   "attention kernel; inputs quantized beforehand"):
+        assert figure in text, (figure, text)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
