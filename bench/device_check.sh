@@ -17,7 +17,7 @@ if [[ $what == tests || $what == all ]]; then
   timeout 300 python3 -m pytest -q -m gpu tests/ 2>&1 | tee "$out/gpu_tests.txt" | tail -4
 fi
 if [[ $what == bench || $what == all ]]; then
-  bench() { COLUMNS=200 python3 -m sage_cli.cli bench --peers fa3,fa3-fp8 "$@" 2>&1 | tee -a "$out/bench.txt"; }
+  bench() { python3 -m sage_cli.cli bench --peers fa3,fa3-fp8 "$@" 2>&1 | tee -a "$out/bench.txt"; }
   bench --seq 4k,32k --head-dim 64,128 --batch 1 --heads 32
   bench --seq 32k --head-dim 128 --batch 1 --heads 32 --causal
 fi
