@@ -331,3 +331,15 @@ def test_kernel_entry_points_refuse_an_oversized_smooth_q_bias(monkeypatch):
     with pytest.raises(KernelUnavailable, match="GiB"):
         ops._check_inputs(q, q, q, SageSettings(smooth_q=True))
     ops._check_inputs(q, q, q, SageSettings(smooth_q=False))
+
+
+def test_every_kernel_family_tells_the_reference_its_row_sum():
+    """kernels.reference_settings gives numerics/ the denominator each family computes; a family without
+    an entry would be compared against the wrong spec."""
+    from sage_cli.kernels import ops
+    from sage_cli.settings import ROW_SUMS
+
+    families = [f for f in dispatch.FAMILIES if f != "auto"]
+    assert sorted(ops.ROW_SUM) == sorted(families)
+    assert all(v in ROW_SUMS for v in ops.ROW_SUM.values())
+    assert ops.ROW_SUM["wgmma"] == "mma" and ops.ROW_SUM["mma_sync"] == "fp32"
