@@ -230,9 +230,9 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       cols.ds = HAS_DS ? ds_row + cols.tok0 : nullptr;
       float x[Traits::kSRegs];
       if (cols.tok0 + Traits::kBlkK > first_masked_tok)
-        softmax_tile<ORDER, true, HAS_DS>(s, x, st, scale, cols, c, q);
+        softmax_tile<ORDER, true, HAS_DS, D == 64>(s, x, st, scale, cols, c, q);
       else
-        softmax_tile<ORDER, false, HAS_DS>(s, x, st, scale, cols, c, q);
+        softmax_tile<ORDER, false, HAS_DS, D == 64>(s, x, st, scale, cols, c, q);
 
       if constexpr (!FIRST) {
         wgmma_wait<0>();
