@@ -23,7 +23,7 @@ from typing import Any, Optional
 import torch
 
 from .errors import ArtifactError
-from .settings import SageSettings
+from .settings import SageSettings, as_the_kernel_runs
 
 FORMAT_VERSION = 1
 ARTIFACT_DIRNAME = "sage"
@@ -70,10 +70,13 @@ class Artifact:
     scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def policy(self, device: Optional[torch.device] = None) -> dict[str, Optional[SageSettings]]:
-        """Per-site settings to install; static V scales are attached where calibration chose them."""
+        """Per-site settings to install; static V scales are attached where calibration chose them, and each
+        carries the numerics of the kernel that runs it on the calibration's target (settings.py,
+        as_the_kernel_runs), which the reference follows wherever the kernels do not run."""
         out: dict[str, Optional[SageSettings]] = {}
+        target = self.config.get("target_arch")
         for site, sp in self.sites.items():
-            s = sp.settings
+            s = as_the_kernel_runs(sp.settings, target) if sp.settings is not None else None
             if s is not None and sp.static_v_scale:
                 scale = self.scales.get(f"{site}/v_scale")
                 if scale is None:

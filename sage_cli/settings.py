@@ -153,6 +153,19 @@ class SageSettings:
         return cls(**kwargs)
 
 
+def as_the_kernel_runs(settings: SageSettings, arch: Optional[str]) -> SageSettings:
+    """``settings`` with the K block and row sum of the kernel that runs it on ``arch`` ("sm_90", "90a",
+    "89", ...; None: the reference defaults). On sm_90, INT8 QK with FP8 PV runs the wgmma kernel (K block
+    128, row sum through the P.V MMA); everything else runs the mma.sync kernels (K block 64, fp32 row sum).
+    Calibration measures candidates with it and installs the artifact's choices with it, so that a run on
+    the CPU for an H100 computes what the H100 will; on a GPU, kernels.reference_settings asks the library
+    itself (tests/test_kernels_gpu.py checks that the two agree)."""
+    a = (arch or "").strip().lower().replace("sm_", "").replace("sm", "").rstrip("a")
+    if a == "90" and settings.qk_dtype == "int8" and settings.pv_dtype == "fp8":
+        return settings.replace(blk_k=128, row_sum="mma")
+    return settings.replace(blk_k=64, row_sum="fp32")
+
+
 def _check(name: str, value: str, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

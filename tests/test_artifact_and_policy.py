@@ -10,7 +10,7 @@ from sage_cli.calibrate import candidates, normalize_arch, read_prompts
 from sage_cli.calibrate.run import choose
 from sage_cli.calibrate.stats import STATIC_V_HEADROOM, SiteStats
 from sage_cli.errors import ArtifactError, CalibrationError
-from sage_cli.settings import SageSettings
+from sage_cli.settings import SageSettings, as_the_kernel_runs
 
 
 def _config(sites):
@@ -87,6 +87,16 @@ def test_hopper_never_gets_int4_and_ampere_never_fp8():
     assert normalize_arch("sm_90a") == "90"
     with pytest.raises(ValueError, match="supported"):
         normalize_arch("75")
+
+
+def test_hopper_candidates_are_measured_with_the_hopper_kernels_numerics():
+    """sm_90 runs the wgmma kernel (K block 128, row sum through the P.V MMA); the mma.sync targets keep the
+    reference defaults, which are theirs (the GPU tests check both against the kernels themselves)."""
+    assert all(c.blk_k == 128 and c.row_sum == "mma" for c in candidates("90"))
+    assert all(c.blk_k == 64 and c.row_sum == "fp32" for a in ("80", "86", "89") for c in candidates(a))
+    fp16 = SageSettings(pv_dtype="fp16")  # on an H100 FP16 PV runs mma.sync
+    assert as_the_kernel_runs(fp16, "sm_90") == fp16.replace(blk_k=64, row_sum="fp32")
+    assert as_the_kernel_runs(SageSettings(), None) == SageSettings()
 
 
 def test_read_prompts_paragraphs_lines_and_empty(tmp_path):

@@ -266,3 +266,18 @@ def test_sageattn_cuda_backend_matches_reference_backend(arch):
     assert o.shape == q.shape and o.dtype == q.dtype
     assert error_metrics(o, ro)["rel_l1"] < 0.01
     torch.testing.assert_close(lse, rlse, rtol=0, atol=0.02)
+
+
+def test_settings_as_the_kernel_runs_agree_with_the_library(arch):
+    """settings.as_the_kernel_runs (what calibration and artifacts use, GPU or not) says what the library
+    says, for every candidate of every target that this GPU runs."""
+    from sage_cli.calibrate.candidates import candidates
+    from sage_cli.settings import as_the_kernel_runs
+
+    for target in ("90", "89", "86"):
+        for cand in candidates(target):
+            try:
+                served = kernels.reference_settings(128, cand)
+            except kernels.KernelUnavailable:
+                continue  # e.g. INT4 on an H100
+            assert as_the_kernel_runs(cand, arch) == served, (target, cand)

@@ -6,7 +6,7 @@ mma is emulated (about 25x slower than INT8), so Hopper never gets INT4; and its
 """
 from __future__ import annotations
 
-from ..settings import SageSettings
+from ..settings import SageSettings, as_the_kernel_runs
 
 SUPPORTED_ARCHS = ("80", "86", "89", "90")
 
@@ -20,14 +20,17 @@ def normalize_arch(arch: str) -> str:
 
 
 def candidates(arch: str) -> list[SageSettings]:
+    """The settings to measure, cheapest first, each with the numerics of the kernel that runs it on `arch`."""
     arch = normalize_arch(arch)
     if arch == "90":
         base = SageSettings(qk_dtype="int8", pv_dtype="fp8")
-        return [base, base.replace(smooth_q=True), base.replace(smooth_q=True, smooth_v=True)]
-    if arch == "89":
+        found = [base, base.replace(smooth_q=True), base.replace(smooth_q=True, smooth_v=True)]
+    elif arch == "89":
         i4 = SageSettings(qk_dtype="int4", pv_dtype="fp8")
         i8 = SageSettings(qk_dtype="int8", pv_dtype="fp8")
-        return [i4, i4.replace(smooth_q=True), i8, i8.replace(smooth_q=True), i8.replace(smooth_q=True, smooth_v=True)]
-    i4 = SageSettings(qk_dtype="int4", pv_dtype="fp16")
-    i8 = SageSettings(qk_dtype="int8", pv_dtype="fp16")
-    return [i4, i4.replace(smooth_q=True), i8, i8.replace(smooth_q=True)]
+        found = [i4, i4.replace(smooth_q=True), i8, i8.replace(smooth_q=True), i8.replace(smooth_q=True, smooth_v=True)]
+    else:
+        i4 = SageSettings(qk_dtype="int4", pv_dtype="fp16")
+        i8 = SageSettings(qk_dtype="int8", pv_dtype="fp16")
+        found = [i4, i4.replace(smooth_q=True), i8, i8.replace(smooth_q=True)]
+    return [as_the_kernel_runs(s, arch) for s in found]
