@@ -229,15 +229,26 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         cols.limit[i] = CAUSAL ? min(p.seq_k, row0 + 8 * i + 1 + p.seq_k - p.seq_q) : p.seq_k;
       cols.ds = HAS_DS ? ds_row + cols.tok0 : nullptr;
       float x[Traits::kSRegs];
+      // Where P.V(n-1) is finished: kFoldEarly between the row maxima and the exp2s (it has had the QK
+      // wait and the maxima to run), so that its 68 FMAs fill the exp2 loop's idle issue slots and its
+      // accumulator is free during that loop; otherwise after the exp2s. Early measured +7% at D = 128
+      // non-causal (ptxas then spills 24 B instead of 88) and 5-6% slower at D = 64 and causal D = 128,
+      // whose spills it makes worse, as it does with ds (not timed there): bench/NOTES.md.
+      constexpr bool kFoldEarly = D == 128 && !CAUSAL && !HAS_DS;
+      auto fold_pv = [&]() {
+        if constexpr (!FIRST) {
+          wgmma_wait<0>();
+          finish_pv();
+        }
+      };
+      auto fold_early = [&]() {
+        if constexpr (kFoldEarly) fold_pv();
+      };
       if (cols.tok0 + Traits::kBlkK > first_masked_tok)
-        softmax_tile<ORDER, true, HAS_DS, D == 64>(s, x, st, scale, cols, c, q);
+        softmax_tile<ORDER, true, HAS_DS, D == 64>(s, x, st, scale, cols, c, q, fold_early);
       else
-        softmax_tile<ORDER, false, HAS_DS, D == 64>(s, x, st, scale, cols, c, q);
-
-      if constexpr (!FIRST) {
-        wgmma_wait<0>();
-        finish_pv();
-      }
+        softmax_tile<ORDER, false, HAS_DS, D == 64>(s, x, st, scale, cols, c, q, fold_early);
+      if constexpr (!kFoldEarly) fold_pv();
       // Narrow: the one accumulator follows the running max before P(n).V(n) lands in it.
       if constexpr (NARROW) scale_rows(acc_pv, st.alpha);
       pack_p_fragment<ORDER>(x, pa, q);

@@ -73,9 +73,11 @@ __device__ __forceinline__ void update_rows(RowState& st, float (&mx)[2], float 
 
 // x[4j + 2i + e] <- 448 * exp2(score - m_use) of accumulator element (group j, row i, column e).
 // scale[i][t]: q_scale(row i) * k_scale(slot t) * sm_scale * log2(e).
-template <KOrder ORDER, bool MASK, bool HAS_DS, bool INT_ROW_MAX, int NREG>
+// between_phases() runs after the row maxima and before the exp2s.
+template <KOrder ORDER, bool MASK, bool HAS_DS, bool INT_ROW_MAX, int NREG, class Between>
 __device__ __forceinline__ void softmax_tile(const uint32_t (&s)[NREG], float (&x)[NREG], RowState& st,
-                                             const float (&scale)[2][4], const TileColumns& cols, float c, int q) {
+                                             const float (&scale)[2][4], const TileColumns& cols, float c, int q,
+                                             Between&& between_phases) {
   constexpr int kGroups = NREG / 4;
   // INT_ROW_MAX: a tile with neither the ds bias nor a mask (almost all of them) takes its row maxima
   // on the integers themselves and converts each score only inside the exp2 loop below, where the issue
@@ -138,6 +140,7 @@ __device__ __forceinline__ void softmax_tile(const uint32_t (&s)[NREG], float (&
   }
   float shift[2];
   update_rows(st, mx, shift);
+  between_phases();
   // exp2's argument without ds: x * scale + bias, with the magic offset folded into the bias.
   float bias[2][4];
 #pragma unroll
