@@ -153,6 +153,17 @@ class SageSettings:
         return cls(**kwargs)
 
 
+SUPPORTED_ARCHS = ("80", "86", "89", "90")
+
+
+def normalize_arch(arch: str) -> str:
+    """'sm_90a', '90a', 'sm90', '9.0' -> '90'; an unknown arch is a ValueError naming the supported ones."""
+    a = arch.strip().lower().replace("sm_", "").replace("sm", "").replace(".", "").rstrip("a")
+    if a not in SUPPORTED_ARCHS:
+        raise ValueError(f"unknown target arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    return a
+
+
 def as_the_kernel_runs(settings: SageSettings, arch: Optional[str]) -> SageSettings:
     """``settings`` with the K block and row sum of the kernel that runs it on ``arch`` ("sm_90", "90a",
     "89", ...; None: the reference defaults). On sm_90, INT8 QK with FP8 PV runs the wgmma kernel (K block
@@ -160,8 +171,7 @@ def as_the_kernel_runs(settings: SageSettings, arch: Optional[str]) -> SageSetti
     Calibration measures candidates with it and installs the artifact's choices with it, so that a run on
     the CPU for an H100 computes what the H100 will; on a GPU, kernels.reference_settings asks the library
     itself (tests/test_kernels_gpu.py checks that the two agree)."""
-    a = (arch or "").strip().lower().replace("sm_", "").replace("sm", "").rstrip("a")
-    if a == "90" and settings.qk_dtype == "int8" and settings.pv_dtype == "fp8":
+    if arch is not None and normalize_arch(arch) == "90" and settings.qk_dtype == "int8" and settings.pv_dtype == "fp8":
         return settings.replace(blk_k=128, row_sum="mma")
     return settings.replace(blk_k=64, row_sum="fp32")
 

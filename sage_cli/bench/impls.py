@@ -111,7 +111,7 @@ def sage_reference(settings: Optional[SageSettings], device: torch.device) -> Im
     def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> Prepared:
         from ..attention import sageattn
 
-        kw = settings_kwargs(_as_the_kernel_runs(settings, case))
+        kw = settings_kwargs(_kernel_numerics_here(settings, case))
         return Prepared(
             lambda: sageattn(
                 q, k, v, tensor_layout="HND", is_causal=case.causal, sm_scale=case.sm_scale, backend="reference", **kw
@@ -129,7 +129,7 @@ def sage_reference(settings: Optional[SageSettings], device: torch.device) -> Im
     )
 
 
-def _as_the_kernel_runs(settings: Optional[SageSettings], case: Case) -> Optional[SageSettings]:
+def _kernel_numerics_here(settings: Optional[SageSettings], case: Case) -> Optional[SageSettings]:
     """On a GPU the kernels serve, the reference takes the kernel's K block and row sum, so that both round P
     at the same running maximum and divide by the same l (kernels.reference_settings); elsewhere the settings
     stay as given."""

@@ -6,17 +6,7 @@ mma is emulated (about 25x slower than INT8), so Hopper never gets INT4; and its
 """
 from __future__ import annotations
 
-from ..settings import SageSettings, as_the_kernel_runs
-
-SUPPORTED_ARCHS = ("80", "86", "89", "90")
-
-
-def normalize_arch(arch: str) -> str:
-    """'sm_90a', '90a', 'sm90', '9.0' -> '90'; an unknown arch is a ValueError naming the supported ones."""
-    a = arch.strip().lower().replace("sm_", "").replace("sm", "").replace(".", "").rstrip("a")
-    if a not in SUPPORTED_ARCHS:
-        raise ValueError(f"unknown target arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
-    return a
+from ..settings import SageSettings, as_the_kernel_runs, normalize_arch
 
 
 def candidates(arch: str) -> list[SageSettings]:
