@@ -66,6 +66,7 @@ struct TileSmem {
   float mean[D];
   float row_amax[kTile];
   float scale[32];
+  float inv[32];  // __frcp_rn(scale)
 };
 
 enum class Smooth { kNone, kBlockMean, kGiven };
@@ -137,6 +138,7 @@ __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* 
     const float a = group_amax<IS_Q>(sm.row_amax, threadIdx.x, gran);
     const float s = __fdiv_rn(fmaxf(a, kScaleFloor), static_cast<float>(kQmax));
     sm.scale[threadIdx.x] = s;
+    sm.inv[threadIdx.x] = __frcp_rn(s);
     scale_out[threadIdx.x] = s;
   }
   __syncthreads();
@@ -144,10 +146,11 @@ __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* 
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = R::row() + i * R::kRowsPerPass;
-    const float s = sm.scale[local_group<IS_Q>(r, gran)];
+    const int grp = local_group<IS_Q>(r, gran);
+    const float s = sm.scale[grp], inv = sm.inv[grp];
     int q[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) q[j] = quantize_rn(x[i][j], s, kQmax);
+    for (int j = 0; j < 8; ++j) q[j] = quantize_rn(x[i][j], s, inv, kQmax);
     if (QK == SAGE_QK_INT8) {
       *reinterpret_cast<uint2*>(dst + static_cast<int64_t>(r) * D + c) = pack_int8x8(q);
     } else {

@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) v_quant(SageQuantVParams p) {
   constexpr int kPasses = (kVTile / 4) / kQuadsPerPass;
   constexpr int kWords = kVTile / 4;
   __shared__ __align__(16) uint32_t tile[D][kWords];
-  __shared__ float scale[D], mean[D];
+  __shared__ float scale[D], inv[D], mean[D];
 
   const int tiles = p.seq_k_pad / kVTile;
   const int t_idx = blockIdx.x % tiles;
@@ -64,6 +64,7 @@ __global__ void __launch_bounds__(kThreads) v_quant(SageQuantVParams p) {
   if (threadIdx.x < D) {
     const float s = p.static_scale ? p.static_scale[ch0 + threadIdx.x] : p.v_scale[ch0 + threadIdx.x];
     scale[threadIdx.x] = s;
+    inv[threadIdx.x] = __frcp_rn(s);
     mean[threadIdx.x] = p.smooth_v ? p.v_mean[ch0 + threadIdx.x] : 0.f;
     if (p.static_scale && t_idx == 0) p.v_scale[ch0 + threadIdx.x] = s;  // report the scale used
   }
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) v_quant(SageQuantVParams p) {
       if (t < p.seq_k) {
         load8(src + t * p.v_stride_n + c, x[i]);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) x[i][j] = __fdiv_rn(x[i][j] - mean[c + j], scale[c + j]);
+        for (int j = 0; j < 8; ++j) x[i][j] = div_rn_by(x[i][j] - mean[c + j], scale[c + j], inv[c + j]);
       } else {
         fill(x[i], 0.f);  // pad tokens are zero in v_fp8
       }

@@ -1,0 +1,43 @@
+// GPU check behind csrc/common/numeric.cuh's div_rn_by: with inv = __frcp_rn(s), it returns the same float
+// as __fdiv_rn(x, s), bit for bit, over random (x, s) pairs of the quantization ranges (|x / s| <= 127.5,
+// s a normal float in [1e-10, 2e30]), one pair in eight placed on a rounding tie of x / s.
+// Usage: div_rn_by_check [log2 of the pair count, default 28]. Prints one line; exit 1 on any difference.
+#include <cstdio>
+#include <cstdint>
+#include <cstdlib>
+
+#include "../../csrc/common/numeric.cuh"
+
+__device__ uint32_t mix(uint64_t i) {
+  i ^= i >> 33;
+  i *= 0xff51afd7ed558ccdULL;
+  i ^= i >> 33;
+  i *= 0xc4ceb9fe1a85ec53ULL;
+  i ^= i >> 33;
+  return static_cast<uint32_t>(i);
+}
+
+__global__ void compare(uint64_t n, unsigned long long* bits_differ, unsigned long long* ints_differ) {
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint32_t h1 = mix(2 * i), h2 = mix(2 * i + 1);
+    const float s = __powf(10.f, -10.f + 40.f * (h1 >> 8) * (1.f / 16777216.f)) * (1.f + (h1 & 255) / 256.f);
+    const float u = static_cast<int32_t>(h2) * (1.f / 2147483648.f);  // [-1, 1)
+    const float x = (h2 & 7) == 0 ? rintf(u * 127.f) * s + 0.5f * s : u * 127.5f * s;
+    const float a = sage::div_rn_by(x, s, __frcp_rn(s)), b = __fdiv_rn(x, s);
+    if (__float_as_uint(a) != __float_as_uint(b)) atomicAdd(bits_differ, 1ULL);
+    if (__float2int_rn(a) != __float2int_rn(b)) atomicAdd(ints_differ, 1ULL);
+  }
+}
+
+int main(int argc, char** argv) {
+  const int log2n = argc > 1 ? atoi(argv[1]) : 28;
+  const uint64_t n = 1ULL << log2n;
+  unsigned long long *d = nullptr, h[2] = {0, 0};
+  if (cudaMalloc(&d, sizeof(h)) != cudaSuccess || cudaMemset(d, 0, sizeof(h)) != cudaSuccess) return 2;
+  compare<<<132 * 16, 256>>>(n, d, d + 1);
+  const cudaError_t e = cudaMemcpy(h, d, sizeof(h), cudaMemcpyDeviceToHost);
+  printf("div_rn_by vs __fdiv_rn over 2^%d pairs: %llu differ in bits, %llu round to another integer (%s)\n", log2n,
+         h[0], h[1], cudaGetErrorString(e));
+  return e != cudaSuccess ? 2 : (h[0] || h[1]) ? 1 : 0;
+}
