@@ -1,6 +1,7 @@
 // GPU check behind csrc/common/numeric.cuh's div_rn_by: with inv = __frcp_rn(s), it returns the same float
-// as __fdiv_rn(x, s), bit for bit, over random (x, s) pairs of the quantization ranges (|x / s| <= 127.5,
-// s a normal float in [1e-10, 2e30]), one pair in eight placed on a rounding tie of x / s.
+// as __fdiv_rn(x, s), bit for bit, over random (x, s) pairs of the quantization ranges: s a normal float in
+// [1e-10, 2e30]; |x / s| <= 127.5 (INT8), one pair in eight on a rounding tie of x / s, one in eight up to
+// 1e4 (FP8 V under a static scale, which saturates).
 // Usage: div_rn_by_check [log2 of the pair count, default 28]. Prints one line; exit 1 on any difference.
 #include <cstdio>
 #include <cstdint>
@@ -23,7 +24,7 @@ __global__ void compare(uint64_t n, unsigned long long* bits_differ, unsigned lo
     const uint32_t h1 = mix(2 * i), h2 = mix(2 * i + 1);
     const float s = __powf(10.f, -10.f + 40.f * (h1 >> 8) * (1.f / 16777216.f)) * (1.f + (h1 & 255) / 256.f);
     const float u = static_cast<int32_t>(h2) * (1.f / 2147483648.f);  // [-1, 1)
-    const float x = (h2 & 7) == 0 ? rintf(u * 127.f) * s + 0.5f * s : u * 127.5f * s;
+    const float x = (h2 & 7) == 0 ? rintf(u * 127.f) * s + 0.5f * s : (h2 & 7) == 1 ? u * 1e4f * s : u * 127.5f * s;
     const float a = sage::div_rn_by(x, s, __frcp_rn(s)), b = __fdiv_rn(x, s);
     if (__float_as_uint(a) != __float_as_uint(b)) atomicAdd(bits_differ, 1ULL);
     if (__float2int_rn(a) != __float2int_rn(b)) atomicAdd(ints_differ, 1ULL);
