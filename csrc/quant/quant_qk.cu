@@ -162,6 +162,31 @@ __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* 
 template <int QK>
 __host__ __device__ inline int row_bytes(int d) { return QK == SAGE_QK_INT8 ? d : d / 2; }
 
+// Where tile `tile` (64 rows) of Q head or kv head `bh` (b * heads + h) lives: its first source row, how
+// many of its rows are real, its first quantized row and its first scale group.
+template <int D, typename T, int QK, bool IS_Q>
+struct TileAt {
+  const T* src;
+  int64_t stride_n;
+  int valid;
+  uint8_t* dst;
+  float* scale_out;
+
+  __device__ TileAt(const SageQuantQKParams& p, int bh, int tile) {
+    const int heads = IS_Q ? p.heads_q : p.heads_kv;
+    const int seq = IS_Q ? p.seq_q : p.seq_k, seq_pad = IS_Q ? p.seq_q_pad : p.seq_k_pad;
+    const int b = bh / heads, h = bh % heads;
+    const int row0 = tile * kTile;
+    stride_n = IS_Q ? p.q_stride_n : p.k_stride_n;
+    src = static_cast<const T*>(IS_Q ? p.q : p.k) + b * (IS_Q ? p.q_stride_b : p.k_stride_b) +
+          h * (IS_Q ? p.q_stride_h : p.k_stride_h) + row0 * stride_n;
+    valid = min(kTile, seq - row0);
+    dst = static_cast<uint8_t*>(IS_Q ? p.q_int : p.k_int) + (static_cast<int64_t>(bh) * seq_pad + row0) * row_bytes<QK>(D);
+    const int gpt = groups_per_tile(IS_Q, p.granularity);
+    scale_out = (IS_Q ? p.q_scale : p.k_scale) + static_cast<int64_t>(bh) * (seq_pad / kTile) * gpt + tile * gpt;
+  }
+};
+
 template <int D, int DT, int QK>
 __global__ void __launch_bounds__(kThreads) q_tiles_and_k_mean(SageQuantQKParams p, int q_blocks, int k_chunks) {
   using T = typename ElemOf<DT>::type;
@@ -170,18 +195,14 @@ __global__ void __launch_bounds__(kThreads) q_tiles_and_k_mean(SageQuantQKParams
     const int tiles = p.seq_q_pad / kTile;
     const int tile = blockIdx.x % tiles;
     const int bh = blockIdx.x / tiles;
-    const int b = bh / p.heads_q, h = bh % p.heads_q;
-    const int row0 = tile * kTile;
-    const T* src = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h + row0 * p.q_stride_n;
-    const int valid = min(kTile, p.seq_q - row0);
-    uint8_t* dst = static_cast<uint8_t*>(p.q_int) + (static_cast<int64_t>(bh) * p.seq_q_pad + row0) * row_bytes<QK>(D);
-    const int gpt = groups_per_tile(true, p.granularity);
-    float* scale_out = p.q_scale + static_cast<int64_t>(bh) * (p.seq_q_pad / kTile) * gpt + tile * gpt;
+    const TileAt<D, T, QK, true> at(p, bh, tile);
     if (p.smooth_q) {
       float* mean = p.q_mean + (static_cast<int64_t>(bh) * tiles + tile) * D;
-      quantize_tile<D, T, QK, true, Smooth::kBlockMean>(src, p.q_stride_n, valid, mean, p.granularity, dst, scale_out, sm);
+      quantize_tile<D, T, QK, true, Smooth::kBlockMean>(at.src, at.stride_n, at.valid, mean, p.granularity, at.dst,
+                                                        at.scale_out, sm);
     } else {
-      quantize_tile<D, T, QK, true, Smooth::kNone>(src, p.q_stride_n, valid, nullptr, p.granularity, dst, scale_out, sm);
+      quantize_tile<D, T, QK, true, Smooth::kNone>(at.src, at.stride_n, at.valid, nullptr, p.granularity, at.dst,
+                                                   at.scale_out, sm);
     }
   } else {
     const int idx = blockIdx.x - q_blocks;
@@ -201,17 +222,10 @@ __global__ void __launch_bounds__(kThreads) k_tiles(SageQuantQKParams p) {
   using T = typename ElemOf<DT>::type;
   __shared__ TileSmem<D> sm;
   const int tiles = p.seq_k_pad / kTile;
-  const int tile = blockIdx.x % tiles;
   const int bh = blockIdx.x / tiles;
-  const int b = bh / p.heads_kv, h = bh % p.heads_kv;
-  const int row0 = tile * kTile;
-  const T* src = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h + row0 * p.k_stride_n;
-  const int valid = min(kTile, p.seq_k - row0);
-  uint8_t* dst = static_cast<uint8_t*>(p.k_int) + (static_cast<int64_t>(bh) * p.seq_k_pad + row0) * row_bytes<QK>(D);
-  const int gpt = groups_per_tile(false, p.granularity);
-  float* scale_out = p.k_scale + static_cast<int64_t>(bh) * tiles * gpt + tile * gpt;
-  quantize_tile<D, T, QK, false, Smooth::kGiven>(src, p.k_stride_n, valid, p.k_mean + static_cast<int64_t>(bh) * D,
-                                                  p.granularity, dst, scale_out, sm);
+  const TileAt<D, T, QK, false> at(p, bh, blockIdx.x % tiles);
+  quantize_tile<D, T, QK, false, Smooth::kGiven>(at.src, at.stride_n, at.valid, p.k_mean + static_cast<int64_t>(bh) * D,
+                                                  p.granularity, at.dst, at.scale_out, sm);
 }
 
 template <int D, int DT, int QK>

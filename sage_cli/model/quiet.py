@@ -21,9 +21,7 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
     _quiet_hub()
     for module in ("transformers", "torch.nn.modules", "gguf"):
-        warnings.filterwarnings("ignore", category=UserWarning, module=module)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        _ignore_warnings(module)
     logging.getLogger("gguf").setLevel(logging.ERROR)
     _done.add("transformers")
 
@@ -37,9 +35,14 @@ def quiet_diffusers() -> None:
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     _quiet_hub()
-    for category in (UserWarning, FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module="diffusers")
+    _ignore_warnings("diffusers")
     _done.add("diffusers")
+
+
+def _ignore_warnings(module: str) -> None:
+    """User, future and deprecation warnings raised from ``module`` are not shown."""
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=module)
 
 
 def _quiet_hub() -> None:
