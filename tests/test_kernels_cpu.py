@@ -347,9 +347,8 @@ def test_every_kernel_family_tells_the_reference_its_row_sum():
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["80", "90a"])
-def test_gpu_check_programs_compile(arch, tmp_path):
+def test_gpu_check_programs_compile(arch, tmp_path, nvcc_check_program):
     """The standalone CUDA checks the GPU tests build (tests/cuda/) compile here too, so CI sees their errors."""
     for src in sorted((Path(__file__).parent / "cuda").glob("*.cu")):
-        r = subprocess.run([str(kbuild.find_nvcc()), "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}",
-                            "-c", "-o", str(tmp_path / (src.stem + ".o")), str(src)], capture_output=True, text=True)
+        r = nvcc_check_program(src, arch, tmp_path / (src.stem + ".o"), compile_only=True)
         assert r.returncode == 0, f"{src.name} (sm_{arch}): {r.stderr[-2000:]}"

@@ -217,16 +217,12 @@ def test_attention_settings(arch, poisoned, family, settings):
     _attn_check(arch, family, (2, 8, 2, 300, 700, 128, True, "HND", torch.bfloat16), settings)
 
 
-def test_exact_division_shortcut_matches_fdiv_rn(arch, tmp_path):
+def test_exact_division_shortcut_matches_fdiv_rn(arch, tmp_path, nvcc_check_program):
     """The quantization kernels divide by a group's scale with div_rn_by (csrc/common/numeric.cuh: the
     reciprocal once, then one product and a Markstein correction): it must give __fdiv_rn's float bit for
     bit, or the INT8 / FP8 values would drift from numerics/ (tests/cuda/div_rn_by_check.cu, 2^28 pairs)."""
-    from sage_cli.kernels import builder
-
-    src = Path(__file__).parent / "cuda" / "div_rn_by_check.cu"
     exe = tmp_path / "div_rn_by_check"
-    build = subprocess.run([str(builder.find_nvcc()), "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}",
-                            "-o", str(exe), str(src)], capture_output=True, text=True)
+    build = nvcc_check_program(Path(__file__).parent / "cuda" / "div_rn_by_check.cu", arch, exe)
     assert build.returncode == 0, build.stderr[-2000:]
     run = subprocess.run([str(exe), "28"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -1,10 +1,10 @@
 // Numeric helpers shared by the quantization kernels: 16-byte vector loads of fp16/bf16 as fp32,
 // round-to-nearest-even integer quantization, INT4/INT8 packing, FP8 E4M3 packing, warp reductions.
 //
-// Everything here is exact IEEE arithmetic on purpose (__fdiv_rn, __float2int_rn): the reference in
-// sage_cli/numerics/quantize.py computes round(x / scale) in float32, and an approximate division would
-// flip the rounding of values near .5 far more often than the rare ties the tests allow (div_rn_by is exact). The files are
-// therefore safe to build with or without --use_fast_math.
+// Everything here is exact IEEE arithmetic on purpose (__fdiv_rn or div_rn_by, __float2int_rn): the
+// reference in sage_cli/numerics/quantize.py computes round(x / scale) in float32, and an approximate
+// division would flip the rounding of values near .5 far more often than the rare ties the tests allow.
+// The files are therefore safe to build with or without --use_fast_math.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

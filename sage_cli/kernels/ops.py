@@ -122,8 +122,8 @@ def _smooth_q_bias(q_mean: torch.Tensor, k: torch.Tensor, k_mean: torch.Tensor, 
     Cost (H100, B=1, Hq=32, Hkv=8, N=4096): ~20 us for K' and ~66 us for the GEMM, which runs on the CUDA
     cores. Two tensor-core versions were measured and lost: q_mean split into three 16-bit parts against
     [K | K | K] (building the 3x-wide K costs more than the GEMM saves), and a 3xTF32 mma.sync kernel of
-    64 x 64 tiles inside sage_quant_qk (branch ds-kernel-experiment: 78 us here, slower at 16k; it needs
-    a pipelined GEMM with larger tiles to win: bench/NOTES.md).
+    64 x 64 tiles inside sage_quant_qk (78 us here, slower at 16k; it needs a pipelined GEMM with larger
+    tiles to win: bench/NOTES.md).
     """
     b, hq, nqb, d = q_mean.shape
     hkv, nk = k.shape[1], k.shape[2]
