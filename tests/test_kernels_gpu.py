@@ -83,6 +83,7 @@ QUANT_CASES = [  # b, hq, hkv, nq, nk, d, dtype, layout
     (2, 3, 1, 17, 127, 128, torch.bfloat16, "NHD"),
     (1, 8, 2, 1000, 4096, 128, torch.float16, "HND"),
     (2, 4, 4, 128, 1000, 64, torch.bfloat16, "NHD"),
+    (1, 2, 1, 64, 8192, 64, torch.bfloat16, "NHD"),  # 128 reduction blocks per head add into k_mean / v_scale
 ]
 QUANT_SETTINGS = [
     SageSettings(),
@@ -123,13 +124,16 @@ def test_quant_matches_numerics(arch, poisoned, case, settings):
     assert bool(((gv - rv).abs()[off] <= 0.13 * rv.abs()[off] + 2**-9).all())
 
 
-def test_static_v_scale_saturates(arch, poisoned):
+@pytest.mark.parametrize("smooth_v", [False, True])
+def test_static_v_scale_saturates(arch, poisoned, smooth_v):
     q, k, v = make_qkv(1, 2, 2, 300, 300, 128, torch.float16)
     amax = v.float().abs().amax(dim=2)[0]  # [Hkv, D]
-    s = SageSettings(v_scale=amax / 448.0 * 0.5)  # half the dynamic scale: the largest values saturate
+    s = SageSettings(v_scale=amax / 448.0 * 0.5, smooth_v=smooth_v)  # half the dynamic scale: values saturate
     got = kernels.quantize(q, k, v, s)
-    v_ref, scale_ref, _ = layout.v_to_abi(quantize_v(v, s))
+    v_ref, scale_ref, mean_ref = layout.v_to_abi(quantize_v(v, s))
     torch.testing.assert_close(got.v_scale, scale_ref, rtol=0, atol=0)
+    if smooth_v:
+        torch.testing.assert_close(got.v_mean, mean_ref, rtol=1e-5, atol=1e-5)
     assert float(got.v_fp8.float().abs().max()) == 448.0
     assert float((got.v_fp8.float() != v_ref.float()).float().mean()) < 2e-3
 
