@@ -97,6 +97,20 @@ def test_cache_key_follows_sources_flags_and_target(fake_csrc, monkeypatch):
     assert kbuild.cache_key("90a", nvcc) != before
 
 
+@needs_nvcc
+def test_cache_key_does_not_depend_on_where_the_sources_are(fake_csrc, tmp_path, monkeypatch):
+    """A build made in one checkout serves the same sources in another (a library built ahead of time and
+    carried to another machine), though the include flag names the folder."""
+    nvcc = kbuild.find_nvcc()
+    key = kbuild.cache_key("90a", nvcc)
+    moved = tmp_path / "elsewhere" / "csrc"
+    shutil.copytree(fake_csrc, moved)
+    monkeypatch.setenv("SAGE_CSRC_DIR", str(moved))
+    assert f"-I{moved}" in kbuild.flags("90a") and kbuild.cache_key("90a", nvcc) == key
+    (moved / "api.cu").write_text((moved / "api.cu").read_text() + "\n// changed\n")
+    assert kbuild.cache_key("90a", nvcc) != key
+
+
 def test_family_folders_become_defines(fake_csrc):
     assert "-DSAGE_HAVE_SM80" not in kbuild.flags("89", fake_csrc)
     assert "-DSAGE_WITH_SM90" in kbuild.flags("90a", fake_csrc)

@@ -146,11 +146,13 @@ def flags(arch: str, root: Optional[Path] = None) -> list[str]:
 
 
 def source_hash(arch: str, root: Optional[Path] = None) -> str:
-    """Hash of every file under csrc/ (path and bytes), the flags and the target."""
+    """Hash of every file under csrc/ (path inside csrc/ and bytes), the flags and the target. Where csrc/
+    lies is left out (the include flag is hashed as ``-I<csrc>``): the same sources in another checkout or
+    on another machine find the same build."""
     root = root or csrc_dir()
     h = hashlib.sha256()
     h.update(f"abi={ABI_VERSION}\narch={arch}\n".encode())
-    h.update(("\0".join(flags(arch, root)) + "\n").encode())
+    h.update(("\0".join("-I<csrc>" if f == f"-I{root}" else f for f in flags(arch, root)) + "\n").encode())
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = f.relative_to(root).as_posix()
         if "__pycache__" in rel:
