@@ -7,7 +7,7 @@ Every process sets ``SAGE_CSRC_DIR`` to its variant's csrc/ (the library is buil
 ``$SAGE_CACHE_DIR`` when a build of those exact sources is there: build them beforehand with
 ``SAGE_CSRC_DIR=... sage build --arch 90a``) and runs sage bench's own library (`run_bench`, no peers) over
 the cases: whole op and kernel alone, CUDA-graph timed, and the accuracy of both against float64 and of the
-reference emulating that kernel (numerics/ with the kernel's K block, row sum and K order). Variants run in
+reference emulating that kernel (numerics/ with the kernel's K block and row sum). Variants run in
 the order given, so that drift between the first and the last call shows when a variant is repeated.
 Decisions come from here; the figures we claim come from `sage bench` beside the peers.
 """
@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,16 +29,16 @@ SAGE_ROWS = {"sage (whole op)": "whole", "sage (kernel only)": "kernel", "sage r
 
 
 def parse_case(text: str) -> tuple[int, int, bool]:
-    """'32k:128:causal' -> (32768, 128, True)."""
+    """'32k:128:causal' -> (32768, 128, True); the length is read as `sage bench --seq` reads it."""
+    sys.path.insert(0, str(ROOT))
+    from sage_cli.cli import _sizes
+
     parts = text.split(":")
-    seq = parts[0].lower()
-    n = int(seq[:-1]) * 1024 if seq.endswith("k") else int(seq)
-    return n, int(parts[1]), len(parts) > 2 and parts[2] == "causal"
+    return _sizes(parts[0])[0], int(parts[1]), len(parts) > 2 and parts[2] == "causal"
 
 
 def measure(cases: list[tuple[int, int, bool]], heads: int) -> list[dict]:
     """This process's variant over every case (sage's rows of run_bench, no peers)."""
-    sys.path.insert(0, str(ROOT))
     from sage_cli.bench.runner import run_bench
 
     out = []
@@ -66,20 +67,22 @@ def run_variant(label: str, csrc: str, cases: str, heads: int) -> list[dict]:
 
 
 def summarize(rows: list[dict], labels: list[str]) -> str:
-    """Median TOPS per (case, kind) and variant, and relL1 of the kernel against its own reference."""
-    keys = sorted({(r["seq"], r["d"], r["causal"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
+    """Per case and variant: the TOPS of every run (whole op / kernel), and the relL1 against float64 of the
+    kernel and of its reference."""
+    tops, rel = defaultdict(list), {}
+    for r in rows:
+        at = (r["seq"], r["d"], r["causal"], r["variant"], r["kind"])
+        if r["tops"]:
+            tops[at].append(f"{r['tops']:.0f}")
+        if r["rel_l1"] is not None:
+            rel.setdefault(at, r["rel_l1"])
+    keys = sorted({(r["seq"], r["d"], r["causal"]) for r in rows})
     lines = ["case | " + " | ".join(f"{lb} whole / kernel" for lb in labels) + " | relL1 kernel (ref)"]
     for key in keys:
         cells, acc = [], []
         for lb in labels:
-            def tops(kind: str) -> str:
-                xs = [r["tops"] for r in rows if (r["seq"], r["d"], r["causal"]) == key and r["variant"] == lb
-                      and r["kind"] == kind and r["tops"]]
-                return "/".join(f"{x:.0f}" for x in xs) if xs else "-"
-            cells.append(f"{tops('whole')} / {tops('kernel')}")
-            k = [r for r in rows if (r["seq"], r["d"], r["causal"]) == key and r["variant"] == lb]
-            kr = next((r["rel_l1"] for r in k if r["kind"] == "kernel" and r["rel_l1"] is not None), None)
-            rr = next((r["rel_l1"] for r in k if r["kind"] == "reference" and r["rel_l1"] is not None), None)
+            cells.append(" / ".join("/".join(tops[(*key, lb, kind)]) or "-" for kind in ("whole", "kernel")))
+            kr, rr = rel.get((*key, lb, "kernel")), rel.get((*key, lb, "reference"))
             acc.append(f"{lb} {kr:.4f} ({rr:.4f})" if kr is not None and rr is not None else f"{lb} -")
         seq = f"{key[0] // 1024}k" if key[0] % 1024 == 0 else str(key[0])
         name = f"{seq} D={key[1]}{' causal' if key[2] else ''}"
