@@ -155,8 +155,8 @@ int sage_attn_blk_k(int32_t head_dim, int32_t qk_type, int32_t pv_type, int32_t 
   return 0;
 }
 
-int sage_quant_qk(const SageQuantQKParams* p, sage_stream_t stream) {
-  SAGE_REQUIRE(p != nullptr, "sage_quant_qk: params is NULL");
+int sage_quantize(const SageQuantParams* p, sage_stream_t stream) {
+  SAGE_REQUIRE(p != nullptr, "sage_quantize: params is NULL");
   SAGE_TRY(check_shape(p->batch, p->heads_q, p->heads_kv, p->head_dim));
   SAGE_TRY(check_seq("seq_q", p->seq_q, p->seq_q_pad));
   SAGE_TRY(check_seq("seq_k", p->seq_k, p->seq_k_pad));
@@ -164,32 +164,23 @@ int sage_quant_qk(const SageQuantQKParams* p, sage_stream_t stream) {
   SAGE_REQUIRE(p->qk_type == SAGE_QK_INT8 || p->qk_type == SAGE_QK_INT4, "qk_type must be INT8 or INT4, got %d", p->qk_type);
   SAGE_REQUIRE(p->granularity >= SAGE_PER_THREAD && p->granularity <= SAGE_PER_BLOCK, "granularity out of range: %d", p->granularity);
   SAGE_REQUIRE(p->smooth_q == 0 || p->smooth_q == 1, "smooth_q must be 0 or 1, got %d", p->smooth_q);
+  SAGE_REQUIRE(p->smooth_v == 0 || p->smooth_v == 1, "smooth_v must be 0 or 1, got %d", p->smooth_v);
   SAGE_TRY(check_input("q", p->q, p->q_stride_b, p->q_stride_h, p->q_stride_n));
   SAGE_TRY(check_input("k", p->k, p->k_stride_b, p->k_stride_h, p->k_stride_n));
   SAGE_TRY(check_out("q_int", p->q_int));
   SAGE_TRY(check_out("k_int", p->k_int));
   SAGE_REQUIRE(p->q_scale && p->k_scale && p->k_mean, "q_scale, k_scale and k_mean must not be NULL");
   SAGE_REQUIRE(!p->smooth_q || p->q_mean, "q_mean must not be NULL with smooth_q");
-  const int rc = sage::quant_qk(*p, reinterpret_cast<cudaStream_t>(stream));
+  SAGE_TRY(check_out("workspace", p->workspace));
+  if (p->v != nullptr) {
+    SAGE_TRY(check_input("v", p->v, p->v_stride_b, p->v_stride_h, p->v_stride_n));
+    SAGE_TRY(check_out("v_fp8", p->v_fp8));
+    SAGE_REQUIRE(p->v_scale != nullptr, "v_scale must not be NULL");
+    SAGE_REQUIRE(!p->smooth_v || p->v_mean, "v_mean must not be NULL with smooth_v");
+  }
+  const int rc = sage::quantize(*p, reinterpret_cast<cudaStream_t>(stream));
   if (rc != SAGE_OK) return rc;
-  SAGE_CHECK_LAUNCH("sage_quant_qk");
-  return SAGE_OK;
-}
-
-int sage_quant_v(const SageQuantVParams* p, sage_stream_t stream) {
-  SAGE_REQUIRE(p != nullptr, "sage_quant_v: params is NULL");
-  SAGE_REQUIRE(p->batch >= 1 && p->heads_kv >= 1, "batch and heads_kv must be >= 1, got %d, %d", p->batch, p->heads_kv);
-  SAGE_REQUIRE(p->head_dim == 64 || p->head_dim == 128, "head_dim must be 64 or 128, got %d", p->head_dim);
-  SAGE_TRY(check_seq("seq_k", p->seq_k, p->seq_k_pad));
-  SAGE_REQUIRE(p->dtype == SAGE_FP16 || p->dtype == SAGE_BF16, "dtype must be SAGE_FP16 or SAGE_BF16, got %d", p->dtype);
-  SAGE_REQUIRE(p->smooth_v == 0 || p->smooth_v == 1, "smooth_v must be 0 or 1, got %d", p->smooth_v);
-  SAGE_TRY(check_input("v", p->v, p->v_stride_b, p->v_stride_h, p->v_stride_n));
-  SAGE_TRY(check_out("v_fp8", p->v_fp8));
-  SAGE_REQUIRE(p->v_scale != nullptr, "v_scale must not be NULL");
-  SAGE_REQUIRE(!p->smooth_v || p->v_mean, "v_mean must not be NULL with smooth_v");
-  const int rc = sage::quant_v(*p, reinterpret_cast<cudaStream_t>(stream));
-  if (rc != SAGE_OK) return rc;
-  SAGE_CHECK_LAUNCH("sage_quant_v");
+  SAGE_CHECK_LAUNCH("sage_quantize");
   return SAGE_OK;
 }
 

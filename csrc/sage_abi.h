@@ -37,7 +37,7 @@
 extern "C" {
 #endif
 
-#define SAGE_ABI_VERSION 1
+#define SAGE_ABI_VERSION 2
 #define SAGE_SEQ_PAD 128
 #define SAGE_SMOOTH_Q_BLOCK 64
 #define SAGE_K_BLOCK 64
@@ -58,37 +58,38 @@ enum SageError {
   SAGE_ERR_CUDA = 3         /* a CUDA call failed */
 };
 
-/* Smooth + quantize Q and K (one launch each for Q and K, fused over all heads). */
-typedef struct SageQuantQKParams {
+/* Smoothing and quantization of Q, K and (for FP8 P.V) V, in one call: a zeroing of `workspace` and two
+ * launches. The first reads Q (quantizing it) and takes the K and V channel statistics; the second
+ * quantizes K and V with them. */
+typedef struct SageQuantParams {
   const void* q;
   const void* k;
+  const void* v;               /* NULL: V is not quantized (FP16 P.V reads the original V) */
   int64_t q_stride_b, q_stride_h, q_stride_n;
   int64_t k_stride_b, k_stride_h, k_stride_n;
+  int64_t v_stride_b, v_stride_h, v_stride_n;
   int32_t batch, heads_q, heads_kv, seq_q, seq_k, head_dim, seq_q_pad, seq_k_pad;
-  int32_t dtype;       /* SageDType */
-  int32_t qk_type;     /* SageQKType */
-  int32_t granularity; /* SageGranularity */
-  int32_t smooth_q;    /* 0/1: write q_mean and quantize Q - mean(block) */
+  int32_t dtype;               /* SageDType of Q, K and V */
+  int32_t qk_type;             /* SageQKType */
+  int32_t granularity;         /* SageGranularity */
+  int32_t smooth_q;            /* 0/1: write q_mean and quantize Q - mean(block) */
+  int32_t smooth_v;            /* 0/1: subtract the V channel mean (written to v_mean) first */
+  const float* v_static_scale; /* [B, Hkv, D] calibrated V scales (saturating), or NULL for amax/448 */
   void* q_int;
   void* k_int;
   float* q_scale;
   float* k_scale;
-  float* k_mean;       /* always written */
-  float* q_mean;       /* written when smooth_q, else may be NULL */
-} SageQuantQKParams;
+  float* k_mean;               /* always written */
+  float* q_mean;               /* written when smooth_q, else may be NULL */
+  void* v_fp8;                 /* with v */
+  float* v_scale;              /* with v: [B, Hkv, D] the scale used (the static one when given) */
+  float* v_mean;               /* with v and smooth_v: [B, Hkv, D] */
+  float* workspace;            /* SAGE_QUANT_WORKSPACE_FLOATS(batch, heads_kv, head_dim) floats of scratch;
+                                  any content on entry (the call zeroes it on its stream) */
+} SageQuantParams;
 
-/* Quantize V to FP8 E4M3, per channel, transposed to [B, Hkv, D, Nk_pad]. */
-typedef struct SageQuantVParams {
-  const void* v;
-  int64_t v_stride_b, v_stride_h, v_stride_n;
-  int32_t batch, heads_kv, seq_k, head_dim, seq_k_pad;
-  int32_t dtype;
-  int32_t smooth_v;            /* 0/1: subtract the channel mean (written to v_mean) first */
-  const float* static_scale;   /* [B, Hkv, D] calibrated scales (saturating), or NULL for amax/448 */
-  void* v_fp8;
-  float* v_scale;              /* [B, Hkv, D] the scale used (copied from static_scale when given) */
-  float* v_mean;               /* [B, Hkv, D] written when smooth_v */
-} SageQuantVParams;
+/* Scratch of sage_quantize: the K sum, V sum, V max and V min of every channel. */
+#define SAGE_QUANT_WORKSPACE_FLOATS(batch, heads_kv, head_dim) (4 * (int64_t)(batch) * (heads_kv) * (head_dim))
 
 /* The attention itself, on quantized Q/K (and FP8 or original-dtype V). */
 typedef struct SageAttnParams {
@@ -120,8 +121,7 @@ int sage_compiled_arch(void);
 /* The K block (tokens) the attention kernel uses for this configuration; the reference uses the same so
  * that P is rounded at the same running maximum. 0 when unsupported. */
 int sage_attn_blk_k(int32_t head_dim, int32_t qk_type, int32_t pv_type, int32_t family);
-int sage_quant_qk(const SageQuantQKParams* p, sage_stream_t stream);
-int sage_quant_v(const SageQuantVParams* p, sage_stream_t stream);
+int sage_quantize(const SageQuantParams* p, sage_stream_t stream);
 int sage_attn_fwd(const SageAttnParams* p, sage_stream_t stream);
 const char* sage_last_error(void);
 

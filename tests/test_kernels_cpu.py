@@ -73,7 +73,7 @@ def test_every_target_builds(cache, tmp_path, monkeypatch):
     for arch, p in zip(kernels.ARCHS, paths):
         assert p.is_file() and p.parent.parent == cache
         syms = subprocess.run(["nm", "-D", "--defined-only", str(p)], capture_output=True, text=True).stdout
-        for fn in ("sage_abi_version", "sage_compiled_arch", "sage_quant_qk", "sage_quant_v", "sage_attn_fwd",
+        for fn in ("sage_abi_version", "sage_compiled_arch", "sage_quantize", "sage_attn_fwd",
                    "sage_attn_blk_k", "sage_last_error"):
             assert f" T {fn}" in syms, f"{fn} not exported by {p.name}"
         assert kbuild.cached_library(arch) == p
@@ -231,7 +231,7 @@ def test_ctypes_structs_match_the_c_header(tmp_path):
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    structs = {"SageQuantQKParams": library.QuantQKParams, "SageQuantVParams": library.QuantVParams,
+    structs = {"SageQuantParams": library.QuantParams,
                "SageAttnParams": library.AttnParams}
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "sage_abi.h"', "int main(void) {"]
     for cname, py in structs.items():

@@ -19,7 +19,6 @@ int sm90_attn_blk_k(int head_dim, int qk_type, int pv_type);
 #endif
 
 // Quantization (csrc/quant/), shared by every family.
-int quant_qk(const SageQuantQKParams& p, cudaStream_t stream);
-int quant_v(const SageQuantVParams& p, cudaStream_t stream);
+int quantize(const SageQuantParams& p, cudaStream_t stream);
 
 }  // namespace sage

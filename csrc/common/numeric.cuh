@@ -99,9 +99,16 @@ __device__ __forceinline__ float group_max(float v) {
   return v;
 }
 
-// atomicMax for non-negative floats: their IEEE bit patterns order like the values as signed ints.
-__device__ __forceinline__ void atomic_max_nonneg(float* addr, float v) {
-  atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
+// Floats as unsigned ints that order like the values (non-negative: sign bit set; negative: all bits
+// flipped), so that one atomicMax on memory zeroed beforehand keeps the largest float: every finite
+// float encodes above 0.
+__device__ __forceinline__ unsigned ordered_bits(float v) {
+  const unsigned u = __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+__device__ __forceinline__ float from_ordered_bits(unsigned e) {
+  return __uint_as_float((e & 0x80000000u) ? (e & 0x7fffffffu) : ~e);
+}
+__device__ __forceinline__ void atomic_max_ordered(unsigned* addr, float v) { atomicMax(addr, ordered_bits(v)); }
 
 }  // namespace sage

@@ -1,6 +1,7 @@
-// Pieces shared by the Q/K and V quantization kernels: how a 256-thread block covers [tokens, D] rows
-// with 16-byte vectors, and the per-channel reductions over tokens (K mean, V mean, V amax).
+// Pieces shared by the quantization kernels: how a 256-thread block covers [tokens, D] rows with 16-byte
+// vectors, and the per-channel statistics over tokens (K mean, V mean, V max and min).
 #pragma once
+#include <math_constants.h>
 #include <stdint.h>
 
 #include "../common/numeric.cuh"
@@ -12,6 +13,8 @@ constexpr int kThreads = 256;
 // over 64 blocks (a reduction must fill the GPU like any pass over memory: at 256 tokens a block, 8 kv
 // heads gave one block per SM and ran at a third of the bandwidth); each block adds D atomics.
 constexpr int kReduceChunk = 64;
+
+constexpr float kScaleFloor = 1e-8f;  // settings.SCALE_FLOOR
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -26,57 +29,63 @@ struct Rows {
   __device__ static int row() { return threadIdx.x / kLanesPerRow; }
 };
 
-enum class Reduce { kSum, kAbsMax };
+// Per-channel statistics of tokens [t0, t1) of one [N, D] slab with token stride `stride_n`: the sum
+// (SUM) and the max and min (MINMAX), returned to threads threadIdx.x < D for channel threadIdx.x.
+// `scratch` holds kRowsPerPass * D floats; every thread of the block must call this.
+struct ChannelStats {
+  float sum, max, min;
+};
 
-// Per-channel reduction over tokens [t0, t1) of one [N, D] slab with token stride `stride_n`:
-// kSum gives sum(x), kAbsMax gives max |x - center[c]| (center may be null for 0). The result for
-// channel threadIdx.x is returned to threads threadIdx.x < D. `scratch` holds kRowsPerPass * D floats.
-template <int D, typename T, Reduce OP>
-__device__ float reduce_channels(const T* src, int64_t stride_n, int t0, int t1, const float* center,
-                                 float* scratch) {
+template <int D, bool SUM, bool MINMAX, typename T>
+__device__ ChannelStats channel_stats(const T* src, int64_t stride_n, int t0, int t1, float* scratch) {
   using R = Rows<D>;
   const int c = R::col();
-  float cen[8];
-  fill(cen, 0.f);
-  if (OP == Reduce::kAbsMax && center != nullptr) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) cen[j] = center[c + j];
-  }
-  float acc[8];
-  fill(acc, 0.f);
+  float s[8], mx[8], mn[8];
+  fill(s, 0.f);
+  fill(mx, -CUDART_INF_F);
+  fill(mn, CUDART_INF_F);
   // Four independent 16-byte loads in flight per thread before the first use.
   constexpr int U = 4;
   for (int t = t0 + R::row(); t < t1; t += U * R::kRowsPerPass) {
     float x[U][8];
+    bool real[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int tt = t + u * R::kRowsPerPass;
-      if (tt < t1) {
-        load8(src + tt * stride_n + c, x[u]);
-      } else {  // a token past the end adds nothing: 0 to a sum, |cen - cen| = 0 to a max
+      real[u] = tt < t1;
+      if (real[u]) load8(src + tt * stride_n + c, x[u]);
+    }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) x[u][j] = OP == Reduce::kSum ? 0.f : cen[j];
+    for (int u = 0; u < U; ++u) {
+      if (!real[u]) continue;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (SUM) s[j] += x[u][j];
+        if (MINMAX) {
+          mx[j] = fmaxf(mx[j], x[u][j]);
+          mn[j] = fminf(mn[j], x[u][j]);
+        }
       }
     }
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        acc[j] = OP == Reduce::kSum ? acc[j] + x[u][j] : fmaxf(acc[j], fabsf(x[u][j] - cen[j]));
   }
+  ChannelStats out{0.f, -CUDART_INF_F, CUDART_INF_F};
+  // One block-wide reduction per statistic, through `scratch`.
+  auto reduce = [&](const float(&part)[8], auto op, float& res) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) scratch[R::row() * D + c + j] = acc[j];
-  __syncthreads();
-  float r = 0.f;
-  if (threadIdx.x < D) {
+    for (int j = 0; j < 8; ++j) scratch[R::row() * D + c + j] = part[j];
+    __syncthreads();
+    if (threadIdx.x < D) {
 #pragma unroll 4
-    for (int i = 0; i < R::kRowsPerPass; ++i) {
-      const float v = scratch[i * D + threadIdx.x];
-      r = OP == Reduce::kSum ? r + v : fmaxf(r, v);
+      for (int i = 0; i < R::kRowsPerPass; ++i) res = op(res, scratch[i * D + threadIdx.x]);
     }
+    __syncthreads();  // scratch is reused by the next statistic or the caller
+  };
+  if (SUM) reduce(s, [](float a, float b) { return a + b; }, out.sum);
+  if (MINMAX) {
+    reduce(mx, [](float a, float b) { return fmaxf(a, b); }, out.max);
+    reduce(mn, [](float a, float b) { return fminf(a, b); }, out.min);
   }
-  __syncthreads();  // scratch may be reused by the caller
-  return r;
+  return out;
 }
 
 }  // namespace sage::quant

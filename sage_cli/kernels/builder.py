@@ -36,7 +36,7 @@ from typing import Optional
 from .errors import KernelBuildError
 
 ARCHS = ("80", "86", "89", "90a")
-ABI_VERSION = 1  # SAGE_ABI_VERSION in csrc/sage_abi.h
+ABI_VERSION = 2  # SAGE_ABI_VERSION in csrc/sage_abi.h
 _LIB_NAME = "libsage_sm{arch}.so"
 
 

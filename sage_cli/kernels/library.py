@@ -22,28 +22,23 @@ PV_TYPE = {"fp8": 0, "fp16": 1}
 GRANULARITY = {"per_thread": 0, "per_warp": 1, "per_block": 2}
 PV_ACCUM = {"two_level": 0, "narrow": 1}
 FAMILY = {"auto": 0, "mma_sync": 1, "wgmma": 2}
+QUANT_WORKSPACE_CHANNEL_STATS = 4  # SAGE_QUANT_WORKSPACE_FLOATS: floats of sage_quantize's scratch per kv channel
 
 
-class QuantQKParams(ctypes.Structure):
+class QuantParams(ctypes.Structure):
     _fields_ = [
-        ("q", c_ptr), ("k", c_ptr),
+        ("q", c_ptr), ("k", c_ptr), ("v", c_ptr),
         ("q_stride_b", c_i64), ("q_stride_h", c_i64), ("q_stride_n", c_i64),
         ("k_stride_b", c_i64), ("k_stride_h", c_i64), ("k_stride_n", c_i64),
+        ("v_stride_b", c_i64), ("v_stride_h", c_i64), ("v_stride_n", c_i64),
         ("batch", c_i32), ("heads_q", c_i32), ("heads_kv", c_i32), ("seq_q", c_i32), ("seq_k", c_i32),
         ("head_dim", c_i32), ("seq_q_pad", c_i32), ("seq_k_pad", c_i32),
-        ("dtype", c_i32), ("qk_type", c_i32), ("granularity", c_i32), ("smooth_q", c_i32),
+        ("dtype", c_i32), ("qk_type", c_i32), ("granularity", c_i32), ("smooth_q", c_i32), ("smooth_v", c_i32),
+        ("v_static_scale", c_ptr),
         ("q_int", c_ptr), ("k_int", c_ptr),
         ("q_scale", c_ptr), ("k_scale", c_ptr), ("k_mean", c_ptr), ("q_mean", c_ptr),
-    ]
-
-
-class QuantVParams(ctypes.Structure):
-    _fields_ = [
-        ("v", c_ptr),
-        ("v_stride_b", c_i64), ("v_stride_h", c_i64), ("v_stride_n", c_i64),
-        ("batch", c_i32), ("heads_kv", c_i32), ("seq_k", c_i32), ("head_dim", c_i32), ("seq_k_pad", c_i32),
-        ("dtype", c_i32), ("smooth_v", c_i32),
-        ("static_scale", c_ptr), ("v_fp8", c_ptr), ("v_scale", c_ptr), ("v_mean", c_ptr),
+        ("v_fp8", c_ptr), ("v_scale", c_ptr), ("v_mean", c_ptr),
+        ("workspace", c_ptr),
     ]
 
 
@@ -68,7 +63,7 @@ _ERROR_NAMES = {SAGE_ERR_INVALID: "invalid parameter", SAGE_ERR_UNSUPPORTED: "un
 class Library:
     """One loaded ``libsage_sm<arch>.so``; its ABI version is checked on load.
 
-    The ``quant_qk`` / ``quant_v`` / ``attn_fwd`` methods take a filled params struct and a raw
+    The ``quantize`` / ``attn_fwd`` methods take a filled params struct and a raw
     ``cudaStream_t`` (an int), and raise `KernelUnavailable` for ``SAGE_ERR_UNSUPPORTED`` (a valid request
     this library has no kernel for) or `KernelError` otherwise, with the library's one-line reason.
     """
@@ -87,7 +82,7 @@ class Library:
         lib.sage_last_error.argtypes = []
         lib.sage_attn_blk_k.restype = ctypes.c_int
         lib.sage_attn_blk_k.argtypes = [c_i32, c_i32, c_i32, c_i32]
-        for name, struct in (("sage_quant_qk", QuantQKParams), ("sage_quant_v", QuantVParams), ("sage_attn_fwd", AttnParams)):
+        for name, struct in (("sage_quantize", QuantParams), ("sage_attn_fwd", AttnParams)):
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.POINTER(struct), c_ptr]
@@ -108,11 +103,8 @@ class Library:
             raise KernelUnavailable(msg)
         raise KernelError(f"{msg} ({_ERROR_NAMES.get(rc, rc)})")
 
-    def quant_qk(self, p: QuantQKParams, stream: int) -> None:
-        self._check("sage_quant_qk", self._lib.sage_quant_qk(ctypes.byref(p), c_ptr(stream)))
-
-    def quant_v(self, p: QuantVParams, stream: int) -> None:
-        self._check("sage_quant_v", self._lib.sage_quant_v(ctypes.byref(p), c_ptr(stream)))
+    def quantize(self, p: QuantParams, stream: int) -> None:
+        self._check("sage_quantize", self._lib.sage_quantize(ctypes.byref(p), c_ptr(stream)))
 
     def attn_fwd(self, p: AttnParams, stream: int) -> None:
         self._check("sage_attn_fwd", self._lib.sage_attn_fwd(ctypes.byref(p), c_ptr(stream)))

@@ -1,8 +1,7 @@
 """Running the kernels from torch: buffers, the three library calls, and the ``sage::attn_fwd`` custom op.
 
-Flow of one call (``sageattn_cuda``): allocate the ABI buffers, ``sage_quant_qk`` (smooth + INT8/INT4 Q
-and K), the smooth-Q bias ``ds`` (below), ``sage_quant_v`` (FP8 V, transposed; skipped for FP16 PV),
-``sage_attn_fwd``; everything on torch's current stream, nothing synchronizes, so the whole op can be
+Flow of one call (``sageattn_cuda``): allocate the ABI buffers, ``sage_quantize`` (smooth + INT8/INT4 Q
+and K, and FP8 V transposed unless P.V is FP16), the smooth-Q bias ``ds`` (below), ``sage_attn_fwd``; everything on torch's current stream, nothing synchronizes, so the whole op can be
 captured in a CUDA graph.
 
 ``ds = q_mean . K'^T`` (smooth Q only) is computed here with torch in fp32 (see `_smooth_q_bias`): it is
@@ -26,7 +25,9 @@ from ..numerics.quantize import padded_len
 from ..settings import SMOOTH_Q_BLOCK, SageSettings, num_k_groups, num_q_groups
 from . import dispatch
 from .errors import KernelUnavailable
-from .library import DTYPE, FAMILY, GRANULARITY, PV_ACCUM, PV_TYPE, QK_TYPE, AttnParams, Library, QuantQKParams, QuantVParams
+from .library import (
+    DTYPE, FAMILY, GRANULARITY, PV_ACCUM, PV_TYPE, QK_TYPE, QUANT_WORKSPACE_CHANNEL_STATS, AttnParams, Library, QuantParams,
+)
 
 FP8 = torch.float8_e4m3fn
 
@@ -122,7 +123,7 @@ def _smooth_q_bias(q_mean: torch.Tensor, k: torch.Tensor, k_mean: torch.Tensor, 
     Cost (H100, B=1, Hq=32, Hkv=8, N=4096): ~20 us for K' and ~66 us for the GEMM, which runs on the CUDA
     cores. Two tensor-core versions were measured and lost: q_mean split into three 16-bit parts against
     [K | K | K] (building the 3x-wide K costs more than the GEMM saves), and a 3xTF32 mma.sync kernel of
-    64 x 64 tiles inside sage_quant_qk (78 us here, slower at 16k; it needs a pipelined GEMM with larger
+    64 x 64 tiles inside the Q/K quantization (78 us here, slower at 16k; it needs a pipelined GEMM with larger
     tiles to win: bench/NOTES.md).
     """
     b, hq, nqb, d = q_mean.shape
@@ -152,29 +153,29 @@ def _quantize(lib: Library, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         k_mean=_empty(b, hkv, d, dtype=f32, device=dev),
         q_mean=_empty(b, hq, nq_pad // SMOOTH_Q_BLOCK, d, dtype=f32, device=dev) if settings.smooth_q else None,
     )
-    stream = _stream(dev)
-    lib.quant_qk(QuantQKParams(
-        q.data_ptr(), k.data_ptr(), *q.stride()[:3], *k.stride()[:3],
-        b, hq, hkv, nq, nk, d, nq_pad, nk_pad,
-        DTYPE[str(q.dtype).removeprefix("torch.")], QK_TYPE[settings.qk_dtype], GRANULARITY[gran], int(settings.smooth_q),
-        bufs.q_int.data_ptr(), bufs.k_int.data_ptr(), bufs.q_scale.data_ptr(), bufs.k_scale.data_ptr(),
-        bufs.k_mean.data_ptr(), _ptr(bufs.q_mean),
-    ), stream)
-
-    if settings.smooth_q:
-        bufs.ds = _smooth_q_bias(bufs.q_mean, k, bufs.k_mean, nk_pad)
-
-    if settings.pv_dtype == "fp8":
+    fp8_v = settings.pv_dtype == "fp8"
+    static = None
+    if fp8_v:
         v = _readable(v)
         static = _static_v_scale(settings, b, hkv, d, dev)
         bufs.v_fp8 = _empty(b, hkv, d, nk_pad, dtype=FP8, device=dev)
         bufs.v_scale = _empty(b, hkv, d, dtype=f32, device=dev)
         bufs.v_mean = _empty(b, hkv, d, dtype=f32, device=dev) if settings.smooth_v else None
-        lib.quant_v(QuantVParams(
-            v.data_ptr(), *v.stride()[:3], b, hkv, nk, d, nk_pad,
-            DTYPE[str(v.dtype).removeprefix("torch.")], int(settings.smooth_v),
-            _ptr(static), bufs.v_fp8.data_ptr(), bufs.v_scale.data_ptr(), _ptr(bufs.v_mean),
-        ), stream)
+    workspace = _empty(QUANT_WORKSPACE_CHANNEL_STATS * b * hkv * d, dtype=f32, device=dev)  # zeroed by the call
+    v_strides = v.stride()[:3] if fp8_v else (0, 0, 0)
+    lib.quantize(QuantParams(
+        q.data_ptr(), k.data_ptr(), v.data_ptr() if fp8_v else None,
+        *q.stride()[:3], *k.stride()[:3], *v_strides,
+        b, hq, hkv, nq, nk, d, nq_pad, nk_pad,
+        DTYPE[str(q.dtype).removeprefix("torch.")], QK_TYPE[settings.qk_dtype], GRANULARITY[gran],
+        int(settings.smooth_q), int(fp8_v and settings.smooth_v), _ptr(static),
+        bufs.q_int.data_ptr(), bufs.k_int.data_ptr(), bufs.q_scale.data_ptr(), bufs.k_scale.data_ptr(),
+        bufs.k_mean.data_ptr(), _ptr(bufs.q_mean),
+        _ptr(bufs.v_fp8), _ptr(bufs.v_scale), _ptr(bufs.v_mean), workspace.data_ptr(),
+    ), _stream(dev))
+
+    if settings.smooth_q:
+        bufs.ds = _smooth_q_bias(bufs.q_mean, k, bufs.k_mean, nk_pad)
     return bufs
 
 

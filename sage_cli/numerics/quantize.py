@@ -51,7 +51,7 @@ def pad_tokens(x: torch.Tensor, n_pad: int) -> torch.Tensor:
 
 @dataclass
 class QuantizedQK:
-    """Q and K after smoothing and quantization (the buffers ``sage_quant_qk`` writes).
+    """Q and K after smoothing and quantization (the Q and K buffers ``sage_quantize`` writes).
 
     q_int   ``[B, Hq, Nq_pad, D]`` int8 (INT4 values as int8 in ``[-7, 7]``)
     q_scale ``[B, Hq, n_q_groups]`` float32
@@ -73,7 +73,7 @@ class QuantizedQK:
 
 @dataclass
 class QuantizedV:
-    """V in FP8 (the buffers ``sage_quant_v`` writes, but NOT transposed).
+    """V in FP8 (the V buffers ``sage_quantize`` writes, but NOT transposed).
 
     v_fp8   ``[B, Hkv, Nk_pad, D]`` float8_e4m3fn (pad tokens zero)
     v_scale ``[B, Hkv, D]`` float32, the scale each channel was divided by

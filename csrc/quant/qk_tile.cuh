@@ -1,24 +1,12 @@
-// Smoothing + INT8/INT4 quantization of Q and K: sage::quant_qk (conventions: sage_cli/numerics/quantize.py).
-//
-// Three stream-ordered steps, each at most one pass over its tensor:
-//   1. k_mean = 0 (memset).
-//   2. One launch, two kinds of blocks. K-mean blocks reduce 256 tokens of one (b, kv-head) and add
-//      sum / Nk into k_mean with atomics; Q-tile blocks take 64 rows of one (b, head): optional block
-//      mean (written to q_mean) and smoothing, group scales, quantization. Q does not depend on K, so the
-//      Q work fills the GPU while the short K-mean pass runs.
-//   3. K-tile blocks, 64 tokens each: K - k_mean, group scales, quantization.
-// K is read twice (its mean must be known before any token is quantized); Q once. The atomics make k_mean
-// order-dependent in its last bit, which can flip a rounding tie of K now and then; nothing else is.
-#include "../common/check.cuh"
+// One 64-row tile of Q or K: optional smoothing (Q block mean, or K minus its channel mean), group
+// scales, INT8/INT4 quantization (conventions: sage_cli/numerics/quantize.py, quantize_qk).
+#pragma once
 #include "common.cuh"
 
-namespace sage {
-namespace quant {
-namespace {
+namespace sage::quant {
 
 constexpr int kTile = 64;  // rows per Q tile and tokens per K tile
 static_assert(kTile == SAGE_SMOOTH_Q_BLOCK && kTile == SAGE_K_BLOCK, "one tile = one smoothing/scale block");
-constexpr float kScaleFloor = 1e-8f;  // settings.SCALE_FLOOR
 
 // The group of row r (0..63) inside its tile: settings.q_group_index / k_group_index with the tile's
 // first group subtracted. A 64-row tile always holds whole groups, so tile t's groups start at
@@ -172,7 +160,7 @@ struct TileAt {
   uint8_t* dst;
   float* scale_out;
 
-  __device__ TileAt(const SageQuantQKParams& p, int bh, int tile) {
+  __device__ TileAt(const SageQuantParams& p, int bh, int tile) {
     const int heads = IS_Q ? p.heads_q : p.heads_kv;
     const int seq = IS_Q ? p.seq_q : p.seq_k, seq_pad = IS_Q ? p.seq_q_pad : p.seq_k_pad;
     const int b = bh / heads, h = bh % heads;
@@ -187,76 +175,4 @@ struct TileAt {
   }
 };
 
-template <int D, int DT, int QK>
-__global__ void __launch_bounds__(kThreads) q_tiles_and_k_mean(SageQuantQKParams p, int q_blocks, int k_chunks) {
-  using T = typename ElemOf<DT>::type;
-  __shared__ TileSmem<D> sm;
-  if (static_cast<int>(blockIdx.x) < q_blocks) {
-    const int tiles = p.seq_q_pad / kTile;
-    const int tile = blockIdx.x % tiles;
-    const int bh = blockIdx.x / tiles;
-    const TileAt<D, T, QK, true> at(p, bh, tile);
-    if (p.smooth_q) {
-      float* mean = p.q_mean + (static_cast<int64_t>(bh) * tiles + tile) * D;
-      quantize_tile<D, T, QK, true, Smooth::kBlockMean>(at.src, at.stride_n, at.valid, mean, p.granularity, at.dst,
-                                                        at.scale_out, sm);
-    } else {
-      quantize_tile<D, T, QK, true, Smooth::kNone>(at.src, at.stride_n, at.valid, nullptr, p.granularity, at.dst,
-                                                   at.scale_out, sm);
-    }
-  } else {
-    const int idx = blockIdx.x - q_blocks;
-    const int chunk = idx % k_chunks;
-    const int bh = idx / k_chunks;
-    const int b = bh / p.heads_kv, h = bh % p.heads_kv;
-    const T* src = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
-    const int t0 = chunk * kReduceChunk;
-    const int t1 = min(t0 + kReduceChunk, p.seq_k);
-    const float s = reduce_channels<D, T, Reduce::kSum>(src, p.k_stride_n, t0, t1, nullptr, sm.red);
-    if (threadIdx.x < D) atomicAdd(p.k_mean + static_cast<int64_t>(bh) * D + threadIdx.x, __fdiv_rn(s, static_cast<float>(p.seq_k)));
-  }
-}
-
-template <int D, int DT, int QK>
-__global__ void __launch_bounds__(kThreads) k_tiles(SageQuantQKParams p) {
-  using T = typename ElemOf<DT>::type;
-  __shared__ TileSmem<D> sm;
-  const int tiles = p.seq_k_pad / kTile;
-  const int bh = blockIdx.x / tiles;
-  const TileAt<D, T, QK, false> at(p, bh, blockIdx.x % tiles);
-  quantize_tile<D, T, QK, false, Smooth::kGiven>(at.src, at.stride_n, at.valid, p.k_mean + static_cast<int64_t>(bh) * D,
-                                                  p.granularity, at.dst, at.scale_out, sm);
-}
-
-template <int D, int DT, int QK>
-int launch(const SageQuantQKParams& p, cudaStream_t stream) {
-  const size_t mean_bytes = sizeof(float) * static_cast<size_t>(p.batch) * p.heads_kv * D;
-  SAGE_CUDA_TRY(cudaMemsetAsync(p.k_mean, 0, mean_bytes, stream));
-  const int q_blocks = p.batch * p.heads_q * (p.seq_q_pad / kTile);
-  const int k_chunks = ceil_div(p.seq_k, kReduceChunk);
-  const int k_blocks = p.batch * p.heads_kv * k_chunks;
-  q_tiles_and_k_mean<D, DT, QK><<<q_blocks + k_blocks, kThreads, 0, stream>>>(p, q_blocks, k_chunks);
-  SAGE_CHECK_LAUNCH("quant_qk (Q tiles + K mean)");
-  k_tiles<D, DT, QK><<<p.batch * p.heads_kv * (p.seq_k_pad / kTile), kThreads, 0, stream>>>(p);
-  SAGE_CHECK_LAUNCH("quant_qk (K tiles)");
-  return SAGE_OK;
-}
-
-template <int D, int DT>
-int by_qk(const SageQuantQKParams& p, cudaStream_t s) {
-  return p.qk_type == SAGE_QK_INT8 ? launch<D, DT, SAGE_QK_INT8>(p, s) : launch<D, DT, SAGE_QK_INT4>(p, s);
-}
-template <int D>
-int by_dtype(const SageQuantQKParams& p, cudaStream_t s) {
-  return p.dtype == SAGE_FP16 ? by_qk<D, SAGE_FP16>(p, s) : by_qk<D, SAGE_BF16>(p, s);
-}
-
-}  // namespace
-}  // namespace quant
-
-// Parameters were validated by sage_quant_qk (api.cu).
-int quant_qk(const SageQuantQKParams& p, cudaStream_t stream) {
-  return p.head_dim == 64 ? quant::by_dtype<64>(p, stream) : quant::by_dtype<128>(p, stream);
-}
-
-}  // namespace sage
+}  // namespace sage::quant
