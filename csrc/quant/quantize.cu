@@ -15,6 +15,7 @@
 // (float subtraction is monotone in x), so the mean, max and min come from one pass. The atomics make the
 // means order-dependent in their last bit, which can flip a rounding tie now and then; nothing else is.
 #include "../common/check.cuh"
+#include "../common/pdl.cuh"
 #include "qk_tile.cuh"
 #include "v_tile.cuh"
 
@@ -58,6 +59,7 @@ __global__ void __launch_bounds__(kThreads) q_tiles_and_stats(SageQuantParams p,
                                                               int v_minmax) {
   using T = typename ElemOf<DT>::type;
   __shared__ TileSmem<D> sm;
+  pdl_allow_dependents();  // kv_tiles may be scheduled beside this grid's last blocks; it waits for them
   int idx = blockIdx.x;
   if (idx < q_blocks) {
     const int tiles = p.seq_q_pad / kTile;
@@ -106,6 +108,8 @@ __global__ void __launch_bounds__(kThreads) kv_tiles(SageQuantParams p, int k_bl
     TileSmem<D> k;
     VTileSmem<D> v;
   } sm;
+  pdl_allow_dependents();
+  pdl_wait();  // the statistics (and, for the attention after us, Q) come from q_tiles_and_stats
   const Workspace ws(p);
   const int f = gridDim.x - 1 - blockIdx.x;
   if (f < k_blocks) {
@@ -160,7 +164,7 @@ int launch(const SageQuantParams& p, cudaStream_t stream) {
   SAGE_CHECK_LAUNCH("sage_quantize (Q tiles + K/V statistics)");
   const int k_blocks = p.batch * p.heads_kv * (p.seq_k_pad / kTile);
   const int v_blocks = has_v ? p.batch * p.heads_kv * (p.seq_k_pad / kVTile) : 0;
-  kv_tiles<D, DT, QK><<<k_blocks + v_blocks, kThreads, 0, stream>>>(p, k_blocks);
+  SAGE_CUDA_TRY(launch_pdl(kv_tiles<D, DT, QK>, k_blocks + v_blocks, kThreads, 0, stream, p, k_blocks));
   SAGE_CHECK_LAUNCH("sage_quantize (K and V tiles)");
   return SAGE_OK;
 }

@@ -6,6 +6,7 @@
 #include "../common/check.cuh"
 #include "../common/groups.h"
 #include "../common/internal.h"
+#include "../common/pdl.cuh"
 #include "../common/tma.cuh"
 #include "kernel.cuh"
 #include "sm90_attn.h"
@@ -70,7 +71,7 @@ int launch(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t stream) {
   SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(Traits::kSmemBytes)));
   const int grid = kp.num_tiles < sm_count() ? kp.num_tiles : sm_count();
-  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(tq, tk, tv, kp);
+  SAGE_CUDA_TRY(launch_pdl(kernel, grid, Traits::kThreads, Traits::kSmemBytes, stream, tq, tk, tv, kp));
   SAGE_CHECK_LAUNCH("sm90_attn_kernel");
   return SAGE_OK;
 }

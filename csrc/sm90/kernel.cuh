@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "../common/mbarrier.cuh"
+#include "../common/pdl.cuh"
 #include "../sage_abi.h"
 #include "../common/tma.cuh"
 #include "../common/wgmma.cuh"
@@ -311,6 +312,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   fence_proxy_async_smem();
   __syncthreads();
+  // Launched with programmatic dependent launch: everything above overlapped the quantization's last
+  // blocks; its outputs (Q, K, V and their scales) are read only after this.
+  pdl_wait();
 
   if (wg == 0) {
     warpgroup_reg_dealloc<Traits::kProducerRegs>();
