@@ -19,24 +19,16 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
+#include "cp_async.cuh"
+
 namespace sage::mma {
 
-// ---- shared memory address and async copies --------------------------------------------------------
+// ---- shared memory address and async copies (common/cp_async.cuh) ----------------------------------
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy that bypasses L1 (.cg). src_bytes == 0 writes 16 zero bytes without
-// reading global memory: that is how rows past the end of an unpadded tensor are filled.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes = 16) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+using sage::cp_async_16;
+using sage::cp_async_commit;
+using sage::cp_async_wait;
+using sage::smem_u32;
 
 // ---- ldmatrix -----------------------------------------------------------------------------------------
 

@@ -27,10 +27,11 @@ __device__ __forceinline__ float2 to_float2(uint32_t w, __nv_bfloat16) {
   return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
 }
 
-// Eight consecutive 16-bit elements (one 16-byte read-only load; p must be 16-byte aligned) -> fp32.
+// Eight consecutive 16-bit elements (one 16-byte load from global or shared memory; p must be 16-byte
+// aligned) -> fp32.
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
   const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {

@@ -4,6 +4,7 @@
 #include <math_constants.h>
 #include <stdint.h>
 
+#include "../common/cp_async.cuh"
 #include "../common/numeric.cuh"
 
 namespace sage::quant {
@@ -28,6 +29,16 @@ struct Rows {
   __device__ static int col() { return (threadIdx.x % kLanesPerRow) * 8; }
   __device__ static int row() { return threadIdx.x / kLanesPerRow; }
 };
+
+// Rows [0, valid) of a [rows, D] piece of a slab (rows `stride_n` elements apart) copied asynchronously
+// into `dst`, rows D elements apart: each thread issues its 16-byte pieces (cp.async) and the caller commits
+// and waits. Rows from `valid` on are not touched (readers never look at them).
+template <int D, typename T>
+__device__ __forceinline__ void stage_rows(T* dst, const T* src, int64_t stride_n, int valid) {
+  using R = Rows<D>;
+  for (int r = R::row(); r < valid; r += R::kRowsPerPass)
+    cp_async_16(smem_u32(dst + r * D + R::col()), src + r * stride_n + R::col());
+}
 
 // Per-channel statistics of tokens [t0, t1) of one [N, D] slab with token stride `stride_n`: the sum
 // (SUM) and the max and min (MINMAX), returned to threads threadIdx.x < D for channel threadIdx.x.

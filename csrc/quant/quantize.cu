@@ -4,13 +4,15 @@
 // K needs its channel mean, and V its channel amax (and mean, with smooth V), before any of their tokens is
 // quantized, so each is read twice; Q is read once. Three stream-ordered steps:
 //   1. workspace = 0 (one memset): per channel the K mean, V mean, V max and V min accumulators.
-//   2. q_tiles_and_stats, three kinds of blocks in one grid: Q tiles (64 rows of one head: optional block
-//      mean and smoothing, group scales, quantization); K chunks (64 tokens: sum / Nk added into the K
-//      mean); V chunks (64 tokens: sum / Nk into the V mean with smooth V; max and min with a dynamic
-//      scale). Q depends on neither, so its tiles fill the GPU beside the reductions.
-//   3. kv_tiles: K tiles (64 tokens: K - mean, group scales, quantization) and V tiles (128 tokens: scale
-//      and mean from the statistics, FP8, transposed), in the reverse of the order step 2 read them, so
-//      that what step 2 read last is read again first, while it is still in L2.
+//   2. q_tiles_and_stats, three kinds of units: Q tiles (64 rows of one head: optional block mean and
+//      smoothing, group scales, quantization); K chunks (64 tokens: sum / Nk added into the K mean); V
+//      chunks (64 tokens: sum / Nk into the V mean with smooth V; max and min with a dynamic scale). Q
+//      depends on neither, so its tiles fill the GPU beside the reductions.
+//   3. kv_tiles: K (two 64-token tiles: K - mean, group scales, quantization) and V (a 128-token tile: scale
+//      and mean from the statistics, FP8, transposed) in units of 128 tokens, in the reverse of the order
+//      step 2 read them, so that what step 2 read last is read again first, while it is still in L2.
+// Both grids are persistent (run_units): each block stages its next unit's rows into shared memory while
+// it works on the current one. Step 3 is launched with programmatic dependent launch (common/pdl.cuh).
 // The V amax needs no pass of its own: max |x - m| over a channel is max(vmax - m, m - vmin) exactly
 // (float subtraction is monotone in x), so the mean, max and min come from one pass. The atomics make the
 // means order-dependent in their last bit, which can flip a rounding tie now and then; nothing else is.
@@ -39,9 +41,18 @@ struct Workspace {
   }
 };
 
+// Token t0 of kv head bh (b * Hkv + h) of K (is_k) or V, and that tensor's token stride.
+template <typename T>
+__device__ __forceinline__ const T* kv_rows(const SageQuantParams& p, bool is_k, int bh, int t0, int64_t& stride) {
+  const int b = bh / p.heads_kv, h = bh % p.heads_kv;
+  stride = is_k ? p.k_stride_n : p.v_stride_n;
+  const T* base = static_cast<const T*>(is_k ? p.k : p.v);
+  return base + b * (is_k ? p.k_stride_b : p.v_stride_b) + h * (is_k ? p.k_stride_h : p.v_stride_h) + t0 * stride;
+}
+
 template <int D, bool SUM, bool MINMAX, typename T>
-__device__ void v_chunk_stats(const SageQuantParams& p, const T* src, int t0, int t1, int64_t at, float* scratch) {
-  const ChannelStats s = channel_stats<D, SUM, MINMAX>(src, p.v_stride_n, t0, t1, scratch);
+__device__ void v_chunk_stats(const SageQuantParams& p, const T* rows, int valid, int64_t at, float* scratch) {
+  const ChannelStats s = channel_stats<D, SUM, MINMAX>(rows, D, 0, valid, scratch);
   if (threadIdx.x < D) {
     const Workspace ws(p);
     if (SUM) atomicAdd(ws.v_mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
@@ -52,58 +63,107 @@ __device__ void v_chunk_stats(const SageQuantParams& p, const T* src, int t0, in
   }
 }
 
-// Blocks [0, q_blocks): Q tiles; then k_chunks K-mean chunks; then (when V needs statistics) as many V
-// chunks. v_sum: accumulate the V mean (smooth V); v_minmax: the V max and min (dynamic scale).
-template <int D, int DT, int QK>
-__global__ void __launch_bounds__(kThreads) q_tiles_and_stats(SageQuantParams p, int q_blocks, int chunks, int v_sum,
-                                                              int v_minmax) {
-  using T = typename ElemOf<DT>::type;
-  __shared__ TileSmem<D> sm;
-  pdl_allow_dependents();  // kv_tiles may be scheduled beside this grid's last blocks; it waits for them
-  int idx = blockIdx.x;
-  if (idx < q_blocks) {
-    const int tiles = p.seq_q_pad / kTile;
-    const int tile = idx % tiles;
-    const int bh = idx / tiles;
-    const TileAt<D, T, QK, true> at(p, bh, tile);
-    if (p.smooth_q) {
-      float* mean = p.q_mean + (static_cast<int64_t>(bh) * tiles + tile) * D;
-      quantize_tile<D, T, QK, true, Smooth::kBlockMean>(at.src, at.stride_n, at.valid, mean, p.granularity, at.dst,
-                                                        at.scale_out, sm);
-    } else {
-      quantize_tile<D, T, QK, true, Smooth::kNone>(at.src, at.stride_n, at.valid, nullptr, p.granularity, at.dst,
-                                                   at.scale_out, sm);
+// Each block runs units u = blockIdx.x, blockIdx.x + gridDim.x, ... (a grid of a few blocks per SM), and
+// stages unit u + gridDim.x's rows into shared memory (cp.async) while it works on unit u: a block always
+// has a unit's loads in flight, where one block per unit spent most of its life between its loads and its
+// stores (the passes ran at half the bandwidth). UNIT_ROWS rows of D elements per stage.
+template <int D, typename T, int UNIT_ROWS, class Source, class Work>
+__device__ void run_units(int units, T* stages, Source source, Work work) {
+  auto stage = [&](int buf) { return stages + buf * (UNIT_ROWS * D); };
+  auto issue = [&](int u, T* dst) {
+    if (u < units) {
+      int64_t stride;
+      int valid;
+      const T* src = source(u, stride, valid);
+      stage_rows<D>(dst, src, stride, min(valid, UNIT_ROWS));
     }
-    return;
+    cp_async_commit();  // an empty group past the end keeps the wait below uniform
+  };
+  int buf = 0;
+  issue(blockIdx.x, stage(0));
+  for (int u = blockIdx.x; u < units; u += gridDim.x) {
+    issue(u + gridDim.x, stage(buf ^ 1));
+    cp_async_wait<1>();  // this thread's copies of unit u have landed
+    __syncthreads();     // ... and everyone's
+    work(u, stage(buf));
+    __syncthreads();  // stage(buf) is refilled by the next iteration's issue
+    buf ^= 1;
   }
-  idx -= q_blocks;
-  const int kv_chunks = p.batch * p.heads_kv * chunks;
-  const bool is_k = idx < kv_chunks;
-  if (!is_k) idx -= kv_chunks;
-  const int chunk = idx % chunks;
-  const int bh = idx / chunks;
-  const int b = bh / p.heads_kv, h = bh % p.heads_kv;
-  const int t0 = chunk * kReduceChunk;
-  const int t1 = min(t0 + kReduceChunk, p.seq_k);
-  const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
-  if (is_k) {
-    const T* src = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
-    const ChannelStats s = channel_stats<D, true, false>(src, p.k_stride_n, t0, t1, sm.red);
-    if (threadIdx.x < D) atomicAdd(Workspace(p).k_mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
-    return;
-  }
-  const T* src = static_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
-  if (v_sum && v_minmax) v_chunk_stats<D, true, true>(p, src, t0, t1, at, sm.red);
-  else if (v_sum) v_chunk_stats<D, true, false>(p, src, t0, t1, at, sm.red);
-  else v_chunk_stats<D, false, true>(p, src, t0, t1, at, sm.red);
 }
 
-// Tile f of the forward order [K tiles of every head..., V tiles of every head...] runs as block
-// gridDim.x - 1 - f (see the file comment). The first tile of each head also writes the head's k_mean,
-// v_scale and v_mean outputs.
+// Units [0, q_units): Q tiles (64 rows); then kv_chunks K-mean chunks (64 tokens); then (when V needs
+// statistics) as many V chunks. v_sum: accumulate the V mean (smooth V); v_minmax: the V max and min.
 template <int D, int DT, int QK>
-__global__ void __launch_bounds__(kThreads) kv_tiles(SageQuantParams p, int k_blocks) {
+__global__ void __launch_bounds__(kThreads) q_tiles_and_stats(SageQuantParams p, int q_units, int chunks, int v_sum,
+                                                              int v_minmax, int units) {
   using T = typename ElemOf<DT>::type;
+  extern __shared__ __align__(16) uint8_t dyn_smem[];
+  __shared__ TileSmem<D> sm;
+  pdl_allow_dependents();  // kv_tiles may be scheduled beside this grid's last blocks; it waits for them
+  const int kv_chunks = p.batch * p.heads_kv * chunks;
+  const int q_tiles = p.seq_q_pad / kTile;
+  // Unit u of the K or V chunks: which slab, kv head and first token.
+  auto chunk_of = [&](int u, bool& is_k, int& bh, int& t0) {
+    u -= q_units;
+    is_k = u < kv_chunks;
+    if (!is_k) u -= kv_chunks;
+    bh = u / chunks;
+    t0 = (u % chunks) * kReduceChunk;
+  };
+  auto source = [&](int u, int64_t& stride, int& valid) -> const T* {
+    if (u < q_units) {
+      const TileAt<D, T, QK, true> at(p, u / q_tiles, u % q_tiles);
+      stride = at.stride_n;
+      valid = at.valid;
+      return at.src;
+    }
+    bool is_k;
+    int bh, t0;
+    chunk_of(u, is_k, bh, t0);
+    valid = min(kReduceChunk, p.seq_k - t0);
+    return kv_rows<T>(p, is_k, bh, t0, stride);
+  };
+  auto work = [&](int u, const T* rows) {
+    if (u < q_units) {
+      const int bh = u / q_tiles, tile = u % q_tiles;
+      const TileAt<D, T, QK, true> at(p, bh, tile);
+      if (p.smooth_q) {
+        float* mean = p.q_mean + (static_cast<int64_t>(bh) * q_tiles + tile) * D;
+        quantize_tile<D, T, QK, true, Smooth::kBlockMean>(rows, D, at.valid, mean, p.granularity, at.dst,
+                                                          at.scale_out, sm);
+      } else {
+        quantize_tile<D, T, QK, true, Smooth::kNone>(rows, D, at.valid, nullptr, p.granularity, at.dst,
+                                                     at.scale_out, sm);
+      }
+      return;
+    }
+    bool is_k;
+    int bh, t0;
+    chunk_of(u, is_k, bh, t0);
+    const int valid = min(kReduceChunk, p.seq_k - t0);
+    const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
+    if (is_k) {
+      const ChannelStats s = channel_stats<D, true, false>(rows, D, 0, valid, sm.red);
+      if (threadIdx.x < D) atomicAdd(Workspace(p).k_mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
+    } else if (v_sum && v_minmax) {
+      v_chunk_stats<D, true, true>(p, rows, valid, at, sm.red);
+    } else if (v_sum) {
+      v_chunk_stats<D, true, false>(p, rows, valid, at, sm.red);
+    } else {
+      v_chunk_stats<D, false, true>(p, rows, valid, at, sm.red);
+    }
+  };
+  static_assert(kTile == kReduceChunk, "one staged unit is a Q tile or a K/V chunk");
+  run_units<D, T, kTile>(units, reinterpret_cast<T*>(dyn_smem), source, work);
+}
+
+// Units of 128 tokens, in the forward order [K of every kv head..., V of every kv head...], run as
+// f = units - 1 - u (see the file comment). A K unit is two 64-token K tiles (two scale blocks); a V unit one
+// V tile. The first unit of each head also writes the head's k_mean, v_scale and v_mean outputs.
+template <int D, int DT, int QK>
+__global__ void __launch_bounds__(kThreads) kv_tiles(SageQuantParams p, int k_units, int units) {
+  using T = typename ElemOf<DT>::type;
+  extern __shared__ __align__(16) uint8_t dyn_smem[];
   __shared__ union {
     TileSmem<D> k;
     VTileSmem<D> v;
@@ -111,61 +171,91 @@ __global__ void __launch_bounds__(kThreads) kv_tiles(SageQuantParams p, int k_bl
   pdl_allow_dependents();
   pdl_wait();  // the statistics (and, for the attention after us, Q) come from q_tiles_and_stats
   const Workspace ws(p);
-  const int f = gridDim.x - 1 - blockIdx.x;
-  if (f < k_blocks) {
-    const int tiles = p.seq_k_pad / kTile;
-    const int tile = f % tiles;
-    const int bh = f / tiles;
-    const TileAt<D, T, QK, false> at(p, bh, tile);
-    float* mean = ws.k_mean + static_cast<int64_t>(bh) * D;
-    quantize_tile<D, T, QK, false, Smooth::kGiven>(at.src, at.stride_n, at.valid, mean,
-                                                   p.granularity, at.dst, at.scale_out, sm.k);
-    if (tile == 0 && threadIdx.x < D) p.k_mean[static_cast<int64_t>(bh) * D + threadIdx.x] = mean[threadIdx.x];
-    return;
-  }
-  const int tiles = p.seq_k_pad / kVTile;
-  const int t_idx = (f - k_blocks) % tiles;
-  const int bh = (f - k_blocks) / tiles;
-  const int b = bh / p.heads_kv, h = bh % p.heads_kv;
-  if (threadIdx.x < D) {
-    const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
-    const float mean = p.smooth_v ? ws.v_mean[at] : 0.f;
-    float s;
-    if (p.v_static_scale) {
-      s = p.v_static_scale[at];
-    } else {
-      const float amax = fmaxf(from_ordered_bits(ws.v_max[at]) - mean, mean + from_ordered_bits(ws.v_negmin[at]));
-      s = __fdiv_rn(fmaxf(amax, kScaleFloor), kFp8Max);
+  const int per_head = p.seq_k_pad / kVTile;
+  auto source = [&](int u, int64_t& stride, int& valid) -> const T* {
+    int f = units - 1 - u;
+    const bool is_k = f < k_units;
+    if (!is_k) f -= k_units;
+    const int bh = f / per_head, t0 = (f % per_head) * kVTile;
+    valid = min(kVTile, p.seq_k - t0);
+    return kv_rows<T>(p, is_k, bh, t0, stride);
+  };
+  auto work = [&](int u, const T* rows) {
+    int f = units - 1 - u;
+    if (f < k_units) {
+      const int bh = f / per_head, unit = f % per_head;
+      float* mean = ws.k_mean + static_cast<int64_t>(bh) * D;
+#pragma unroll 1
+      for (int half = 0; half < kVTile / kTile; ++half) {
+        const int tile = unit * (kVTile / kTile) + half;
+        const TileAt<D, T, QK, false> at(p, bh, tile);
+        quantize_tile<D, T, QK, false, Smooth::kGiven>(rows + half * kTile * D, D, at.valid, mean, p.granularity,
+                                                       at.dst, at.scale_out, sm.k);
+        __syncthreads();  // sm.k is reused by the second tile
+      }
+      if (unit == 0 && threadIdx.x < D) p.k_mean[static_cast<int64_t>(bh) * D + threadIdx.x] = mean[threadIdx.x];
+      return;
     }
-    sm.v.scale[threadIdx.x] = s;
-    sm.v.inv[threadIdx.x] = __frcp_rn(s);
-    sm.v.mean[threadIdx.x] = mean;
-    if (t_idx == 0) {
-      p.v_scale[at] = s;
-      if (p.smooth_v) p.v_mean[at] = mean;
+    f -= k_units;
+    const int bh = f / per_head, t_idx = f % per_head;
+    if (threadIdx.x < D) {
+      const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
+      const float mean = p.smooth_v ? ws.v_mean[at] : 0.f;
+      float s;
+      if (p.v_static_scale) {
+        s = p.v_static_scale[at];
+      } else {
+        const float amax = fmaxf(from_ordered_bits(ws.v_max[at]) - mean, mean + from_ordered_bits(ws.v_negmin[at]));
+        s = __fdiv_rn(fmaxf(amax, kScaleFloor), kFp8Max);
+      }
+      sm.v.scale[threadIdx.x] = s;
+      sm.v.inv[threadIdx.x] = __frcp_rn(s);
+      sm.v.mean[threadIdx.x] = mean;
+      if (t_idx == 0) {
+        p.v_scale[at] = s;
+        if (p.smooth_v) p.v_mean[at] = mean;
+      }
     }
-  }
-  __syncthreads();
-  const T* src = static_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
-  uint8_t* dst = static_cast<uint8_t*>(p.v_fp8) + static_cast<int64_t>(bh) * D * p.seq_k_pad + t_idx * kVTile;
-  quantize_v_tile<D>(src, p.v_stride_n, p.seq_k, t_idx * kVTile, dst, p.seq_k_pad, sm.v);
+    __syncthreads();
+    uint8_t* dst = static_cast<uint8_t*>(p.v_fp8) + static_cast<int64_t>(bh) * D * p.seq_k_pad + t_idx * kVTile;
+    quantize_v_tile<D>(rows, min(kVTile, p.seq_k - t_idx * kVTile), dst, p.seq_k_pad, sm.v);
+  };
+  run_units<D, T, kVTile>(units, reinterpret_cast<T*>(dyn_smem), source, work);
+}
+
+// A persistent grid: as many blocks as fit on the GPU at once (at most one per unit).
+template <class Kernel>
+int grid_for(Kernel kernel, size_t dyn_smem, int units, int& grid) {
+  int dev = 0, sms = 0, per_sm = 0;
+  SAGE_CUDA_TRY(cudaGetDevice(&dev));
+  SAGE_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn_smem)));
+  SAGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn_smem));
+  grid = max(1, min(units, sms * max(per_sm, 1)));
+  return SAGE_OK;
 }
 
 template <int D, int DT, int QK>
 int launch(const SageQuantParams& p, cudaStream_t stream) {
+  using T = typename ElemOf<DT>::type;
   SAGE_CUDA_TRY(cudaMemsetAsync(p.workspace, 0, sizeof(float) * SAGE_QUANT_WORKSPACE_FLOATS(p.batch, p.heads_kv, D), stream));
   const bool has_v = p.v != nullptr;
   const int v_sum = has_v && p.smooth_v, v_minmax = has_v && p.v_static_scale == nullptr;
   const int chunks = ceil_div(p.seq_k, kReduceChunk);
-  const int q_blocks = p.batch * p.heads_q * (p.seq_q_pad / kTile);
+  const int q_units = p.batch * p.heads_q * (p.seq_q_pad / kTile);
   const int kv_chunks = p.batch * p.heads_kv * chunks;
-  q_tiles_and_stats<D, DT, QK><<<q_blocks + kv_chunks * (v_sum || v_minmax ? 2 : 1), kThreads, 0, stream>>>(
-      p, q_blocks, chunks, v_sum, v_minmax);
+  const int units1 = q_units + kv_chunks * (v_sum || v_minmax ? 2 : 1);
+  const size_t smem1 = 2 * kTile * D * sizeof(T);
+  int grid1 = 0;
+  if (int r = grid_for(q_tiles_and_stats<D, DT, QK>, smem1, units1, grid1)) return r;
+  q_tiles_and_stats<D, DT, QK><<<grid1, kThreads, smem1, stream>>>(p, q_units, chunks, v_sum, v_minmax, units1);
   SAGE_CHECK_LAUNCH("sage_quantize (Q tiles + K/V statistics)");
-  const int k_blocks = p.batch * p.heads_kv * (p.seq_k_pad / kTile);
-  const int v_blocks = has_v ? p.batch * p.heads_kv * (p.seq_k_pad / kVTile) : 0;
-  SAGE_CUDA_TRY(launch_pdl(kv_tiles<D, DT, QK>, k_blocks + v_blocks, kThreads, 0, stream, p, k_blocks));
-  SAGE_CHECK_LAUNCH("sage_quantize (K and V tiles)");
+  const int k_units = p.batch * p.heads_kv * (p.seq_k_pad / kVTile);
+  const int units2 = k_units * (has_v ? 2 : 1);
+  const size_t smem2 = 2 * kVTile * D * sizeof(T);
+  int grid2 = 0;
+  if (int r = grid_for(kv_tiles<D, DT, QK>, smem2, units2, grid2)) return r;
+  SAGE_CUDA_TRY(launch_pdl(kv_tiles<D, DT, QK>, grid2, kThreads, smem2, stream, p, k_units, units2));
   return SAGE_OK;
 }
 

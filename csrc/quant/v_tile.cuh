@@ -18,10 +18,10 @@ struct VTileSmem {
 // whole rows), converts, and stores per channel one 32-bit word of 4 consecutive tokens into the
 // transposed tile. Word column `quad` of channel row `ch` is stored at quad ^ 4*((ch/8) % 8): a warp's 32
 // stores then hit at least 16 distinct banks instead of 4, and every aligned group of 4 words (16 tokens)
-// stays together, so the read-out is one 16-byte load. Pad tokens (>= seq_k) are written as zero.
+// stays together, so the read-out is one 16-byte load. `rows`: the tile's tokens, rows D elements apart (the
+// staged copy); tokens from `valid` on are pad and written as zero.
 template <int D, typename T>
-__device__ void quantize_v_tile(const T* src, int64_t stride_n, int seq_k, int t_base, uint8_t* dst,
-                                int64_t dst_stride, VTileSmem<D>& sm) {
+__device__ void quantize_v_tile(const T* rows, int valid, uint8_t* dst, int64_t dst_stride, VTileSmem<D>& sm) {
   constexpr int kLanesPerRow = D / 8;
   constexpr int kQuadsPerPass = kThreads / kLanesPerRow;
   constexpr int kPasses = (kVTile / 4) / kQuadsPerPass;
@@ -33,9 +33,9 @@ __device__ void quantize_v_tile(const T* src, int64_t stride_n, int seq_k, int t
     float x[4][8];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int t = t_base + 4 * quad + i;
-      if (t < seq_k) {
-        load8(src + t * stride_n + c, x[i]);
+      const int t = 4 * quad + i;
+      if (t < valid) {
+        load8(rows + t * D + c, x[i]);
 #pragma unroll
         for (int j = 0; j < 8; ++j) x[i][j] = div_rn_by(x[i][j] - sm.mean[c + j], sm.scale[c + j], sm.inv[c + j]);
       } else {
