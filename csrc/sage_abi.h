@@ -88,8 +88,11 @@ typedef struct SageQuantParams {
                                   any content on entry (the call zeroes it on its stream) */
 } SageQuantParams;
 
-/* Scratch of sage_quantize: the K sum, V sum, V max and V min of every channel. */
-#define SAGE_QUANT_WORKSPACE_FLOATS(batch, heads_kv, head_dim) (4 * (int64_t)(batch) * (heads_kv) * (head_dim))
+/* Scratch of sage_quantize: the K sum, V sum, V max and V min of every channel, then SAGE_TILE_COUNTER_INTS
+ * words it only zeroes: the tile counter a later sage_attn_fwd of the same call may take (tile_counter). */
+#define SAGE_TILE_COUNTER_INTS 4
+#define SAGE_QUANT_WORKSPACE_FLOATS(batch, heads_kv, head_dim) \
+  (4 * (int64_t)(batch) * (heads_kv) * (head_dim) + SAGE_TILE_COUNTER_INTS)
 
 /* The attention itself, on quantized Q/K (and FP8 or original-dtype V). */
 typedef struct SageAttnParams {
@@ -105,6 +108,9 @@ typedef struct SageAttnParams {
   void* o;
   int64_t o_stride_b, o_stride_h, o_stride_n;
   float* lse;                  /* [B, Hq, Nq] or NULL */
+  int32_t* tile_counter;       /* SAGE_TILE_COUNTER_INTS int32, zero on entry and left zero: the causal wgmma
+                                  kernel hands out work tiles through it (required there, else unused). The
+                                  tail of the call's quantization workspace is such a buffer. */
   int32_t batch, heads_q, heads_kv, seq_q, seq_k, head_dim, seq_q_pad, seq_k_pad;
   int32_t dtype;               /* of V (fp16 PV) and of O */
   int32_t qk_type, granularity, pv_type, pv_accum;

@@ -197,8 +197,38 @@ def _attn_check(arch, family, case, settings, return_lse=True):
         assert lse.shape == (b, hq, nq)
         fin = torch.isfinite(emu_lse)
         assert bool((torch.isfinite(lse) == fin).all()), "LSE finiteness differs (masked rows must be -inf)"
-        torch.testing.assert_close(lse[fin], emu_lse[fin], rtol=0, atol=0.02, msg=msg)
+        # Per row: the kernel's ex2.approx and the reference's exact exp2 can round one P value to
+        # neighbouring e4m3 steps (12.5% apart). The row's largest P is exactly 448 and never flips, so
+        # another one is at most half the sum: one flip moves l by at most 1/16, the LSE by ln(17/16) =
+        # 0.061 (measured up to 0.027 at 2048 x 700, D=64). Over all rows the flips are rare: the mean
+        # difference stays far below that. Not so with the narrow accumulator: the tensor cores add FP8
+        # products with fewer bits than fp32 (why the two-level scheme exists), which numerics/ does not
+        # model, and l comes out biased by up to ~1% (mean |dLSE| 0.004-0.009 measured on the H200).
+        d_lse = (lse[fin] - emu_lse[fin]).abs()
+        assert float(d_lse.max()) < 0.061, msg
+        if settings.pv_accum == "two_level":
+            assert float(d_lse.mean()) < 2e-3, msg
     return m_emu, m_kernel
+
+
+# Causal shapes with more work tiles than an H100 has SMs (132), so that the wgmma kernel's dynamic scheduler
+# hands tiles out after the first round: Nq < Nk, and Nq > Nk (Q blocks that see no key at all).
+MANY_TILE_CASES = [(2, 16, 4, 1000, 2000, 128, True, "HND", torch.bfloat16),
+                   (1, 24, 8, 2048, 700, 64, True, "NHD", torch.float16)]
+
+
+@pytest.mark.parametrize("case", MANY_TILE_CASES, ids=lambda c: "x".join(map(str, c[:6])))
+def test_causal_many_tiles_matches_spec_and_repeats(arch, poisoned, case):
+    """The kernel against the spec, then the kernel alone twice more on the same buffers: the tile counter
+    it leaves behind must be zero again (bit-identical outputs)."""
+    _attn_check(arch, "wgmma" if arch == "90a" else "mma_sync", case, SageSettings())
+    b, hq, hkv, nq, nk, d, causal, lay, dtype = case
+    q, k, v = make_qkv(b, hq, hkv, nq, nk, d, dtype, lay, seed=5)
+    prep = ops.prepare(q, k, v, SageSettings(), is_causal=causal)
+    first = ops.attention_only(prep).clone()
+    for _ in range(2):
+        prep.o.fill_(float("nan"))
+        assert torch.equal(ops.attention_only(prep), first)
 
 
 @pytest.mark.parametrize("family", ["wgmma", "mma_sync"])

@@ -57,6 +57,18 @@ __device__ __forceinline__ void mbar_wait_sleep(uint64_t* bar, uint32_t parity) 
       : "memory");
 }
 
+// A 32-bit word of shared memory written / read through its shared-window address: the kernels reach their
+// Smem struct through a generic pointer, which would take a 64-bit address and a generic access. Ordered
+// against the mbarrier operations (volatile, "memory"): used to pass values along with a barrier phase.
+__device__ __forceinline__ void st_shared_s32(void* p, int v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(smem_addr(p)), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_shared_s32(const void* p) {
+  int v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(smem_addr(p)) : "memory");
+  return v;
+}
+
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy reads (wgmma, TMA).
 __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 

@@ -111,6 +111,7 @@ int validate(const SageAttnParams& p) {
                "sm90 kernel: seq pads (%d, %d) must be multiples of %d covering (%d, %d)", p.seq_q_pad, p.seq_k_pad,
                SAGE_SEQ_PAD, p.seq_q, p.seq_k);
   SAGE_REQUIRE(p.q_int && p.k_int && p.v && p.q_scale && p.k_scale && p.v_scale && p.o, "sm90 kernel: a required pointer is NULL");
+  SAGE_REQUIRE(!p.causal || p.tile_counter, "sm90 kernel: causal attention needs tile_counter (SAGE_TILE_COUNTER_INTS zeros)");
   SAGE_REQUIRE(aligned16(p.q_int) && aligned16(p.k_int) && aligned16(p.v), "sm90 kernel: q_int, k_int and v must be 16-byte aligned");
   SAGE_REQUIRE((reinterpret_cast<uintptr_t>(p.o) & 3) == 0 && p.o_stride_b % 2 == 0 && p.o_stride_h % 2 == 0 &&
                    p.o_stride_n % 2 == 0,
@@ -141,6 +142,7 @@ int sm90_attn_fwd_k_order(const SageAttnParams& p, cudaStream_t stream, int k_or
   kp.o_stride_h = p.o_stride_h;
   kp.o_stride_n = p.o_stride_n;
   kp.lse = p.lse;
+  kp.tile_counter = p.tile_counter;
   kp.batch = p.batch;
   kp.heads_q = p.heads_q;
   kp.heads_kv = p.heads_kv;

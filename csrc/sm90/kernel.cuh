@@ -2,7 +2,8 @@
 // FP8 P.V by wgmma e4m3 (P from registers), TMA loads through an mbarrier pipeline.
 //
 // Roles (one CTA of 384 threads, persistent over work tiles; see tile_scheduler.cuh):
-//   warpgroup 0, one thread: producer. Loads the Q block once per tile, then K and V^T tiles into
+//   warpgroup 0, one thread: producer. Causal: draws the tiles and passes each index on with its Q block
+//     (dynamic scheduling, tile_scheduler.cuh). Loads the Q block once per tile, then K and V^T tiles into
 //     kStages slots (full/empty mbarrier pairs; K and V separately, since K frees after QK and V after
 //     P.V). Gives its registers to the consumers (setmaxnreg).
 //   warpgroups 1, 2: consumers, 64 Q rows each, running independently. Per K tile n:
@@ -50,14 +51,40 @@ __device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const S
                                               const CUtensorMap* tm_k, const CUtensorMap* tm_v) {
   constexpr int S = Traits::kStages;
   uint32_t k_iter = 0, q_count = 0;
-  for (int tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x) {
+  // Non-causal: the static schedule (tile += gridDim.x). Causal (dynamic schedule): each tile goes to the
+  // consumers in sm.tile (as its distance from the one before: consumer_loop says why), written before the
+  // arrive on full_q that completes its phase with the Q load: mbarrier.arrive has release and try_wait
+  // acquire semantics at CTA scope, so a consumer that has waited on full_q sees the write. The next write
+  // comes only after the wait on empty_q, which every consumer warp arrives on after its read. A tile with
+  // no visible key (Nq > Nk) gets a plain arrive (no Q load): its consumers write zeros and arrive on
+  // empty_q. The next index (next_tile(), through advance() in the loop header) is drawn once a tile's
+  // loads are issued (the consumers are then at most kStages K tiles from its end) and before the wait on
+  // empty_q, in which the atomic's latency hides.
+  int tile = blockIdx.x, prev = blockIdx.x;  // prev: causal only
+  auto advance = [&]() {
+    if constexpr (CAUSAL)
+      tile = next_tile(p);
+    else
+      tile += gridDim.x;
+  };
+  for (; tile < p.num_tiles; advance()) {
     const WorkTile w = decode_tile<CAUSAL, Traits::kBlkQ, Traits::kBlkK>(tile, p);
-    if (w.n_k_tiles == 0) continue;
+    if constexpr (!CAUSAL) {
+      if (w.n_k_tiles == 0) continue;
+    }
     const int hk = w.h / p.group;
     const int kv_head = w.b * p.heads_kv + hk;
     mbar_wait_sleep(&sm.empty_q, (q_count & 1) ^ 1);
-    mbar_arrive_expect_tx(&sm.full_q, Traits::kQBytes);
-    tma_load_3d(sm.q, tm_q, &sm.full_q, 0, w.q_block * Traits::kBlkQ, w.b * p.heads_q + w.h);
+    if constexpr (CAUSAL) {
+      st_shared_s32(&sm.tile, tile - prev);
+      prev = tile;
+    }
+    if (CAUSAL && w.n_k_tiles == 0) {
+      mbar_arrive(&sm.full_q);
+    } else {
+      mbar_arrive_expect_tx(&sm.full_q, Traits::kQBytes);
+      tma_load_3d(sm.q, tm_q, &sm.full_q, 0, w.q_block * Traits::kBlkQ, w.b * p.heads_q + w.h);
+    }
     ++q_count;
     for (int n = 0; n < w.n_k_tiles; ++n, ++k_iter) {
       const int st = k_iter % S;
@@ -75,6 +102,14 @@ __device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const S
       mbar_arrive_expect_tx(&sm.full_v[st], Traits::kVBytes);
       tma_load_3d(sm.v[st], tm_v, &sm.full_v[st], n * Traits::kBlkK, 0, kv_head);
     }
+  }
+  if constexpr (CAUSAL) {
+    finish_tiles(p);
+    // The end: the index drawn last (>= num_tiles), published like a tile (once the last tile's Q is
+    // free) but without a load; the consumers leave their loop on it.
+    mbar_wait_sleep(&sm.empty_q, (q_count & 1) ^ 1);
+    st_shared_s32(&sm.tile, tile - prev);
+    mbar_arrive(&sm.full_q);
   }
 }
 
@@ -138,11 +173,40 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
   // k_scale[n * per_tile + ks_off + {0, d1, d2, d1 + d2}] for every granularity.
   const int ks_off = k_group(column_token<ORDER>(0, q, 0), p.granularity);
 
-  for (int tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x) {
+  // Tiles. Non-causal: the static schedule (tile += gridDim.x). Causal (dynamic schedule): the first is
+  // blockIdx.x, as for the producer. Each later one comes with the next full_q phase (producer_loop), read
+  // from sm.tile once that phase has completed; the body then waits for the same phase again, as for the
+  // first tile, and returns at once (the phase cannot advance before this warp arrives on empty_q). The
+  // last one read is >= num_tiles: the end.
+  // It comes as the distance from the tile before, and through a warp-wide max, only so that ptxas sees
+  // `tile` as uniform, as with the static tile += gridDim.x, and
+  // keeps it and the per-tile values in uniform registers. Read per thread or as the index itself, they
+  // took general registers from the K-tile loop (D = 128 causal: 3 to 12 more LDL in it, 3 to 8 STL).
+  int tile = blockIdx.x;
+  auto advance = [&]() {
+    if constexpr (CAUSAL) {
+      mbar_wait(&sm.full_q, q_count & 1);
+      // Lane 0 alone reads (the distance is >= 0, so the other lanes' 0 leaves the max alone): the lane
+      // that reads is then the lane that later arrives on empty_q and lets the producer overwrite it.
+      tile += __reduce_max_sync(0xffffffffu, lane == 0 ? ld_shared_s32(&sm.tile) : 0);
+    } else {
+      tile += gridDim.x;
+    }
+  };
+  for (; tile < p.num_tiles; advance()) {
     const WorkTile w = decode_tile<CAUSAL, Traits::kBlkQ, Traits::kBlkK>(tile, p);
     const int wg_row0 = w.q_block * Traits::kBlkQ + cw * Traits::kRowsPerConsumer;
     const int row0 = wg_row0 + warp * 16 + g;
     if (w.n_k_tiles == 0) {
+      if constexpr (CAUSAL) {
+        // No Q was loaded; the phase is waited for (the first tile's may not have completed yet) and
+        // freed all the same. The warp syncs first, so that no lane still has sm.tile to read when lane 0
+        // lets the producer overwrite it (the reduction above already orders the reads; this says so).
+        mbar_wait(&sm.full_q, q_count & 1);
+        ++q_count;
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&sm.empty_q);
+      }
       store_masked_rows<D>(p, w.b, w.h, row0, q);
       continue;
     }
@@ -313,7 +377,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   fence_proxy_async_smem();
   __syncthreads();
   // Launched with programmatic dependent launch: everything above overlapped the quantization's last
-  // blocks; its outputs (Q, K, V and their scales) are read only after this.
+  // blocks; its outputs (Q, K, V and their scales) are read only after this. Causal instances: the
+  // dynamic scheduler's counter (tile_scheduler.cuh) is touched only after this too: a PDL-launched kernel
+  // may start while the launch before it (another attention on the same buffers, when the kernel alone
+  // is timed) is still running; the wait returns once that launch has completed, its reset included.
   pdl_wait();
 
   if (wg == 0) {

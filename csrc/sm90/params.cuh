@@ -14,6 +14,7 @@ struct Sm90Params {
   void* o;
   int64_t o_stride_b, o_stride_h, o_stride_n;
   float* lse;  // [B, Hq, Nq] or nullptr
+  int* tile_counter;  // causal: the dynamic scheduler's two counters (tile_scheduler.cuh), zero on entry
   int batch, heads_q, heads_kv, seq_q, seq_k, seq_q_pad, seq_k_pad;
   int group;        // Hq / Hkv
   int granularity;  // SageGranularity

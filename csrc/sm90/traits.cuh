@@ -69,6 +69,10 @@ struct Sm90AttnTraits {
     uint64_t full_q, empty_q;
     uint64_t full_k[kStages], empty_k[kStages];
     uint64_t full_v[kStages], empty_v[kStages];
+    // Causal instances only (dynamic schedule), with each full_q phase: the tile's index minus the previous
+    // one's (kernel.cuh). Last, so that no other offset moves; sizeof(Smem) stays the same too (it is
+    // rounded up to 1024 bytes and the barriers end well short of that).
+    int tile;
   };
   static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;  // + slack to align the dynamic base
 };

@@ -22,7 +22,9 @@ PV_TYPE = {"fp8": 0, "fp16": 1}
 GRANULARITY = {"per_thread": 0, "per_warp": 1, "per_block": 2}
 PV_ACCUM = {"two_level": 0, "narrow": 1}
 FAMILY = {"auto": 0, "mma_sync": 1, "wgmma": 2}
-QUANT_WORKSPACE_CHANNEL_STATS = 4  # SAGE_QUANT_WORKSPACE_FLOATS: floats of sage_quantize's scratch per kv channel
+# SAGE_QUANT_WORKSPACE_FLOATS = QUANT_WORKSPACE_CHANNEL_STATS * B * Hkv * D + TILE_COUNTER_INTS (sage_abi.h)
+QUANT_WORKSPACE_CHANNEL_STATS = 4
+TILE_COUNTER_INTS = 4
 
 
 class QuantParams(ctypes.Structure):
@@ -49,7 +51,7 @@ class AttnParams(ctypes.Structure):
         ("q_scale", c_ptr), ("k_scale", c_ptr), ("v_scale", c_ptr), ("v_mean", c_ptr), ("ds", c_ptr),
         ("o", c_ptr),
         ("o_stride_b", c_i64), ("o_stride_h", c_i64), ("o_stride_n", c_i64),
-        ("lse", c_ptr),
+        ("lse", c_ptr), ("tile_counter", c_ptr),
         ("batch", c_i32), ("heads_q", c_i32), ("heads_kv", c_i32), ("seq_q", c_i32), ("seq_k", c_i32),
         ("head_dim", c_i32), ("seq_q_pad", c_i32), ("seq_k_pad", c_i32),
         ("dtype", c_i32), ("qk_type", c_i32), ("granularity", c_i32), ("pv_type", c_i32), ("pv_accum", c_i32),

@@ -26,7 +26,8 @@ from ..settings import SMOOTH_Q_BLOCK, SageSettings, num_k_groups, num_q_groups
 from . import dispatch
 from .errors import KernelUnavailable
 from .library import (
-    DTYPE, FAMILY, GRANULARITY, PV_ACCUM, PV_TYPE, QK_TYPE, QUANT_WORKSPACE_CHANNEL_STATS, AttnParams, Library, QuantParams,
+    DTYPE, FAMILY, GRANULARITY, PV_ACCUM, PV_TYPE, QK_TYPE, QUANT_WORKSPACE_CHANNEL_STATS, TILE_COUNTER_INTS, AttnParams,
+    Library, QuantParams,
 )
 
 FP8 = torch.float8_e4m3fn
@@ -52,6 +53,7 @@ class QuantBuffers:
     v_fp8: Optional[torch.Tensor] = None
     v_scale: Optional[torch.Tensor] = None
     v_mean: Optional[torch.Tensor] = None
+    workspace: Optional[torch.Tensor] = None  # sage_quantize's scratch; its tail is the attention's tile counter
 
 
 @dataclass
@@ -161,7 +163,8 @@ def _quantize(lib: Library, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         bufs.v_fp8 = _empty(b, hkv, d, nk_pad, dtype=FP8, device=dev)
         bufs.v_scale = _empty(b, hkv, d, dtype=f32, device=dev)
         bufs.v_mean = _empty(b, hkv, d, dtype=f32, device=dev) if settings.smooth_v else None
-    workspace = _empty(QUANT_WORKSPACE_CHANNEL_STATS * b * hkv * d, dtype=f32, device=dev)  # zeroed by the call
+    # zeroed by the call; kept with the buffers, since its tail is the attention's tile counter
+    bufs.workspace = workspace = _empty(QUANT_WORKSPACE_CHANNEL_STATS * b * hkv * d + TILE_COUNTER_INTS, dtype=f32, device=dev)
     v_strides = v.stride()[:3] if fp8_v else (0, 0, 0)
     lib.quantize(QuantParams(
         q.data_ptr(), k.data_ptr(), v.data_ptr() if fp8_v else None,
@@ -242,7 +245,7 @@ def attention_only(prepared: Prepared) -> torch.Tensor:
         *v.stride()[:3],
         bufs.q_scale.data_ptr(), bufs.k_scale.data_ptr(), _ptr(bufs.v_scale) if fp8 else None,
         _ptr(bufs.v_mean) if fp8 else None, _ptr(bufs.ds),
-        o.data_ptr(), *o.stride()[:3], _ptr(p.lse),
+        o.data_ptr(), *o.stride()[:3], _ptr(p.lse), bufs.workspace[-TILE_COUNTER_INTS:].data_ptr(),
         b, hq, hkv, nq, nk, d, bufs.q_int.shape[2], bufs.k_int.shape[2],
         DTYPE[str(o.dtype).removeprefix("torch.")], QK_TYPE[s.qk_dtype], GRANULARITY[s.granularity],
         PV_TYPE[s.pv_dtype], PV_ACCUM[s.pv_accum], int(p.is_causal), FAMILY[p.family], p.sm_scale,
