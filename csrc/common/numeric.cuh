@@ -58,21 +58,22 @@ __device__ __forceinline__ float div_rn_by(float x, float scale, float inv) {
   return fmaf(fmaf(-q, scale, x), inv, q);
 }
 
-// Symmetric quantization of one value: round(x / scale) to nearest even, clamped to [-qmax, qmax];
-// inv = __frcp_rn(scale).
-__device__ __forceinline__ int quantize_rn(float x, float scale, float inv, int qmax) {
-  const int q = __float2int_rn(div_rn_by(x, scale, inv));
-  return max(-qmax, min(qmax, q));
+// Symmetric quantization of one value, round(x / scale) to nearest even, returned as the bits of the float
+// 1.5 * 2^23 + round(x / scale): adding that constant rounds any |v| < 2^22 to an integer exactly as
+// __float2int_rn does (the constant is even, so ties go the same way), on the FMA pipe instead of the
+// quarter-rate conversion one. The integer is bits - 0x4B400000; its two's complement low byte (and
+// nibble) are the bits' own, since the constant's low byte is 0. inv = __frcp_rn(scale).
+// No clamp is needed when scale = max(amax, floor) / qmax over the values quantized with it: then
+// |x| / scale <= qmax * (1 + 2^-23), which rounds to qmax at most.
+__device__ __forceinline__ uint32_t quantize_rn_bits(float x, float scale, float inv) {
+  return __float_as_uint(div_rn_by(x, scale, inv) + 12582912.f);
 }
+__device__ __forceinline__ int rn_bits_to_int(uint32_t bits) { return static_cast<int>(bits - 0x4B400000u); }
 
-// Eight signed INT8 values -> 8 bytes, channel order preserved.
-__device__ __forceinline__ uint2 pack_int8x8(const int (&q)[8]) {
-  uint32_t lo = 0, hi = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    lo |= (static_cast<uint32_t>(q[i]) & 0xffu) << (8 * i);
-    hi |= (static_cast<uint32_t>(q[4 + i]) & 0xffu) << (8 * i);
-  }
+// Eight INT8 values given as quantize_rn_bits -> 8 bytes, channel order preserved (the low bytes, gathered).
+__device__ __forceinline__ uint2 pack_int8x8_bits(const uint32_t (&b)[8]) {
+  const uint32_t lo = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+  const uint32_t hi = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
   return make_uint2(lo, hi);
 }
 

@@ -136,12 +136,15 @@ __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* 
     const int r = R::row() + i * R::kRowsPerPass;
     const int grp = local_group<IS_Q>(r, gran);
     const float s = sm.scale[grp], inv = sm.inv[grp];
-    int q[8];
+    uint32_t bits[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) q[j] = quantize_rn(x[i][j], s, inv, kQmax);
+    for (int j = 0; j < 8; ++j) bits[j] = quantize_rn_bits(x[i][j], s, inv);
     if (QK == SAGE_QK_INT8) {
-      *reinterpret_cast<uint2*>(dst + static_cast<int64_t>(r) * D + c) = pack_int8x8(q);
+      *reinterpret_cast<uint2*>(dst + static_cast<int64_t>(r) * D + c) = pack_int8x8_bits(bits);
     } else {
+      int q[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) q[j] = rn_bits_to_int(bits[j]);
       *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(r) * (D / 2) + c / 2) = pack_int4x8(q);
     }
   }
