@@ -239,6 +239,8 @@ def test_ctypes_structs_match_the_c_header(tmp_path):
         lines.append(f'printf("{cname} sizeof %zu\\n", sizeof({cname}));')
         for field, _ in py._fields_:
             lines.append(f'printf("{cname} {field} %zu\\n", offsetof({cname}, {field}));')
+    # the workspace the Python side allocates for sage_quantize (library.py mirrors the header's macros)
+    lines.append('printf("workspace %lld\\n", (long long)SAGE_QUANT_WORKSPACE_FLOATS(2, 3, 128));')
     lines += ["return 0;", "}"]
     src = tmp_path / "abi.c"
     src.write_text("\n".join(lines))
@@ -247,7 +249,7 @@ def test_ctypes_structs_match_the_c_header(tmp_path):
     subprocess.run([cc, f"-I{CSRC}", str(src), "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")
     want = set(filter(None, out))
-    have = set()
+    have = {f"workspace {library.QUANT_WORKSPACE_CHANNEL_STATS * 2 * 3 * 128 + library.TILE_COUNTER_INTS}"}
     for cname, py in structs.items():
         have.add(f"{cname} sizeof {__import__('ctypes').sizeof(py)}")
         for field, _ in py._fields_:

@@ -1,8 +1,8 @@
-"""Running the kernels from torch: buffers, the three library calls, and the ``sage::attn_fwd`` custom op.
+"""Running the kernels from torch: buffers, the two library calls, and the ``sage::attn_fwd`` custom op.
 
 Flow of one call (``sageattn_cuda``): allocate the ABI buffers, ``sage_quantize`` (smooth + INT8/INT4 Q
-and K, and FP8 V transposed unless P.V is FP16), the smooth-Q bias ``ds`` (below), ``sage_attn_fwd``; everything on torch's current stream, nothing synchronizes, so the whole op can be
-captured in a CUDA graph.
+and K, and FP8 V transposed unless P.V is FP16), the smooth-Q bias ``ds`` (below), ``sage_attn_fwd``;
+everything on torch's current stream, nothing synchronizes, so the whole op can be captured in a CUDA graph.
 
 ``ds = q_mean . K'^T`` (smooth Q only) is computed here with torch in fp32 (see `_smooth_q_bias`): it is
 the largest cost of smooth Q today (~90 us at B=1, Hq=32, Hkv=8, N=4096 on an H100, vs ~60 us for all
@@ -164,7 +164,7 @@ def _quantize(lib: Library, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         bufs.v_scale = _empty(b, hkv, d, dtype=f32, device=dev)
         bufs.v_mean = _empty(b, hkv, d, dtype=f32, device=dev) if settings.smooth_v else None
     # zeroed by the call; kept with the buffers, since its tail is the attention's tile counter
-    bufs.workspace = workspace = _empty(QUANT_WORKSPACE_CHANNEL_STATS * b * hkv * d + TILE_COUNTER_INTS, dtype=f32, device=dev)
+    bufs.workspace = _empty(QUANT_WORKSPACE_CHANNEL_STATS * b * hkv * d + TILE_COUNTER_INTS, dtype=f32, device=dev)
     v_strides = v.stride()[:3] if fp8_v else (0, 0, 0)
     lib.quantize(QuantParams(
         q.data_ptr(), k.data_ptr(), v.data_ptr() if fp8_v else None,
@@ -174,7 +174,7 @@ def _quantize(lib: Library, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         int(settings.smooth_q), int(fp8_v and settings.smooth_v), _ptr(static),
         bufs.q_int.data_ptr(), bufs.k_int.data_ptr(), bufs.q_scale.data_ptr(), bufs.k_scale.data_ptr(),
         bufs.k_mean.data_ptr(), _ptr(bufs.q_mean),
-        _ptr(bufs.v_fp8), _ptr(bufs.v_scale), _ptr(bufs.v_mean), workspace.data_ptr(),
+        _ptr(bufs.v_fp8), _ptr(bufs.v_scale), _ptr(bufs.v_mean), bufs.workspace.data_ptr(),
     ), _stream(dev))
 
     if settings.smooth_q:
