@@ -4,6 +4,8 @@
 #include <math_constants.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "../common/cp_async.cuh"
 #include "../common/numeric.cuh"
 
@@ -40,45 +42,65 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* src, int64_t stride_
     cp_async_16(smem_u32(dst + r * D + R::col()), src + r * stride_n + R::col());
 }
 
-// Per-channel statistics of tokens [t0, t1) of one [N, D] slab with token stride `stride_n`: the sum
+// Per-channel statistics of rows [0, valid) of a staged [64, D] chunk (rows D elements apart): the sum
 // (SUM) and the max and min (MINMAX), returned to threads threadIdx.x < D for channel threadIdx.x.
 // `scratch` holds kRowsPerPass * D floats; every thread of the block must call this.
+// The max and min are taken on the 16-bit pairs themselves (one HMNMX2 per pair and statistic, exact) and
+// converted once at the end; only the sum needs every element as fp32.
 struct ChannelStats {
   float sum, max, min;
 };
 
+template <typename T> struct PairOf;
+template <> struct PairOf<__half> { using type = __half2; };
+template <> struct PairOf<__nv_bfloat16> { using type = __nv_bfloat162; };
+
 template <int D, bool SUM, bool MINMAX, typename T>
-__device__ ChannelStats channel_stats(const T* src, int64_t stride_n, int t0, int t1, float* scratch) {
+__device__ ChannelStats channel_stats(const T* rows, int valid, float* scratch) {
   using R = Rows<D>;
+  using T2 = typename PairOf<T>::type;
+  constexpr int kPasses = 64 / R::kRowsPerPass;  // 4 (D=128) or 2 (D=64) rows a thread
   const int c = R::col();
-  float s[8], mx[8], mn[8];
+  float s[8];
+  T2 mx[4], mn[4];
   fill(s, 0.f);
-  fill(mx, -CUDART_INF_F);
-  fill(mn, CUDART_INF_F);
-  // Four independent 16-byte loads in flight per thread before the first use.
-  constexpr int U = 4;
-  for (int t = t0 + R::row(); t < t1; t += U * R::kRowsPerPass) {
-    float x[U][8];
-    bool real[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int tt = t + u * R::kRowsPerPass;
-      real[u] = tt < t1;
-      if (real[u]) load8(src + tt * stride_n + c, x[u]);
+  for (int i = 0; i < 4; ++i) {
+    mx[i] = T2(T(-CUDART_INF_F), T(-CUDART_INF_F));
+    mn[i] = T2(T(CUDART_INF_F), T(CUDART_INF_F));
+  }
+  // All loads first, then the arithmetic; a full chunk (almost all of them) runs without row checks.
+  auto body = [&](auto full_tag) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    uint4 raw[kPasses];
+#pragma unroll
+    for (int u = 0; u < kPasses; ++u) {
+      const int t = R::row() + u * R::kRowsPerPass;
+      if (kFull || t < valid) raw[u] = *reinterpret_cast<const uint4*>(rows + t * D + c);
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (!real[u]) continue;
+    for (int u = 0; u < kPasses; ++u) {
+      if (!kFull && R::row() + u * R::kRowsPerPass >= valid) continue;
+      const uint32_t w[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        if (SUM) s[j] += x[u][j];
+      for (int i = 0; i < 4; ++i) {
+        if (SUM) {
+          const float2 f = to_float2(w[i], T{});
+          s[2 * i] += f.x;
+          s[2 * i + 1] += f.y;
+        }
         if (MINMAX) {
-          mx[j] = fmaxf(mx[j], x[u][j]);
-          mn[j] = fminf(mn[j], x[u][j]);
+          const T2 v = *reinterpret_cast<const T2*>(&w[i]);
+          mx[i] = __hmax2(mx[i], v);
+          mn[i] = __hmin2(mn[i], v);
         }
       }
     }
-  }
+  };
+  if (valid >= 64)
+    body(std::true_type{});
+  else
+    body(std::false_type{});
   ChannelStats out{0.f, -CUDART_INF_F, CUDART_INF_F};
   // One block-wide reduction per statistic, through `scratch`.
   auto reduce = [&](const float(&part)[8], auto op, float& res) {
@@ -93,8 +115,18 @@ __device__ ChannelStats channel_stats(const T* src, int64_t stride_n, int t0, in
   };
   if (SUM) reduce(s, [](float a, float b) { return a + b; }, out.sum);
   if (MINMAX) {
-    reduce(mx, [](float a, float b) { return fmaxf(a, b); }, out.max);
-    reduce(mn, [](float a, float b) { return fminf(a, b); }, out.min);
+    float fmx[8], fmn[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t a = *reinterpret_cast<const uint32_t*>(&mx[i]), b = *reinterpret_cast<const uint32_t*>(&mn[i]);
+      const float2 x = to_float2(a, T{}), y = to_float2(b, T{});
+      fmx[2 * i] = x.x;
+      fmx[2 * i + 1] = x.y;
+      fmn[2 * i] = y.x;
+      fmn[2 * i + 1] = y.y;
+    }
+    reduce(fmx, [](float a, float b) { return fmaxf(a, b); }, out.max);
+    reduce(fmn, [](float a, float b) { return fminf(a, b); }, out.min);
   }
   return out;
 }

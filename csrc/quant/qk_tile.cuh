@@ -1,6 +1,7 @@
 // One 64-row tile of Q or K: optional smoothing (Q block mean, or K minus its channel mean), group
 // scales, INT8/INT4 quantization (conventions: sage_cli/numerics/quantize.py, quantize_qk).
 #pragma once
+#include "../common/divmod.cuh"
 #include "common.cuh"
 
 namespace sage::quant {
@@ -48,9 +49,15 @@ __host__ __device__ inline int groups_per_tile(bool is_q, int gran) {
   return gran == SAGE_PER_THREAD ? 4 : 1;
 }
 
+// Scratch of the block-wide channel reductions (block mean, K mean, V statistics): one row of partials
+// per pass of Rows<D>.
+template <int D>
+struct ReduceSmem {
+  float red[Rows<D>::kRowsPerPass * D];
+};
+
 template <int D>
 struct TileSmem {
-  float red[Rows<D>::kRowsPerPass * D];  // partial channel sums (block mean, K mean)
   float mean[D];
   float row_amax[kTile];
   float scale[32];
@@ -64,9 +71,10 @@ enum class Smooth { kNone, kBlockMean, kGiven };
 //   mean: kBlockMean -> the block mean is computed and written there ([D] floats);
 //         kGiven -> subtracted from every real row; kNone -> unused
 //   dst:  row 0 of the tile in the quantized buffer; scale_out: the tile's first group scale
+//   red:  kBlockMean only, the reduction scratch
 template <int D, typename T, int QK, bool IS_Q, Smooth SMOOTH>
 __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* mean, int gran,
-                              uint8_t* dst, float* scale_out, TileSmem<D>& sm) {
+                              uint8_t* dst, float* scale_out, TileSmem<D>& sm, ReduceSmem<D>* red) {
   using R = Rows<D>;
   constexpr int kPasses = kTile / R::kRowsPerPass;
   constexpr int kQmax = QK == SAGE_QK_INT8 ? 127 : 7;
@@ -88,11 +96,11 @@ __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* 
 #pragma unroll
       for (int j = 0; j < 8; ++j) s[j] += x[i][j];  // pad rows are zero
 #pragma unroll
-    for (int j = 0; j < 8; ++j) sm.red[R::row() * D + c + j] = s[j];
+    for (int j = 0; j < 8; ++j) red->red[R::row() * D + c + j] = s[j];
     __syncthreads();
     if (threadIdx.x < D) {
       float t = 0.f;
-      for (int i = 0; i < R::kRowsPerPass; ++i) t += sm.red[i * D + threadIdx.x];
+      for (int i = 0; i < R::kRowsPerPass; ++i) t += red->red[i * D + threadIdx.x];
       const float m = __fdiv_rn(t, static_cast<float>(max(valid, 1)));  // an all-pad tile has mean 0
       sm.mean[threadIdx.x] = m;
       mean[threadIdx.x] = m;
@@ -154,7 +162,8 @@ template <int QK>
 __host__ __device__ inline int row_bytes(int d) { return QK == SAGE_QK_INT8 ? d : d / 2; }
 
 // Where tile `tile` (64 rows) of Q head or kv head `bh` (b * heads + h) lives: its first source row, how
-// many of its rows are real, its first quantized row and its first scale group.
+// many of its rows are real, its first quantized row and its first scale group. by_heads divides by the
+// head count of Q (IS_Q) or of K.
 template <int D, typename T, int QK, bool IS_Q>
 struct TileAt {
   const T* src;
@@ -163,10 +172,10 @@ struct TileAt {
   uint8_t* dst;
   float* scale_out;
 
-  __device__ TileAt(const SageQuantParams& p, int bh, int tile) {
-    const int heads = IS_Q ? p.heads_q : p.heads_kv;
+  __device__ TileAt(const SageQuantParams& p, int bh, int tile, const FastDivmod& by_heads) {
     const int seq = IS_Q ? p.seq_q : p.seq_k, seq_pad = IS_Q ? p.seq_q_pad : p.seq_k_pad;
-    const int b = bh / heads, h = bh % heads;
+    int h;
+    const int b = by_heads.divmod(bh, h);
     const int row0 = tile * kTile;
     stride_n = IS_Q ? p.q_stride_n : p.k_stride_n;
     src = static_cast<const T*>(IS_Q ? p.q : p.k) + b * (IS_Q ? p.q_stride_b : p.k_stride_b) +

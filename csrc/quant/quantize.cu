@@ -43,8 +43,10 @@ struct Workspace {
 
 // Token t0 of kv head bh (b * Hkv + h) of K (is_k) or V, and that tensor's token stride.
 template <typename T>
-__device__ __forceinline__ const T* kv_rows(const SageQuantParams& p, bool is_k, int bh, int t0, int64_t& stride) {
-  const int b = bh / p.heads_kv, h = bh % p.heads_kv;
+__device__ __forceinline__ const T* kv_rows(const SageQuantParams& p, bool is_k, int bh, int t0,
+                                            const FastDivmod& by_heads_kv, int64_t& stride) {
+  int h;
+  const int b = by_heads_kv.divmod(bh, h);
   stride = is_k ? p.k_stride_n : p.v_stride_n;
   const T* base = static_cast<const T*>(is_k ? p.k : p.v);
   return base + b * (is_k ? p.k_stride_b : p.v_stride_b) + h * (is_k ? p.k_stride_h : p.v_stride_h) + t0 * stride;
@@ -52,7 +54,7 @@ __device__ __forceinline__ const T* kv_rows(const SageQuantParams& p, bool is_k,
 
 template <int D, bool SUM, bool MINMAX, typename T>
 __device__ void v_chunk_stats(const SageQuantParams& p, const T* rows, int valid, int64_t at, float* scratch) {
-  const ChannelStats s = channel_stats<D, SUM, MINMAX>(rows, D, 0, valid, scratch);
+  const ChannelStats s = channel_stats<D, SUM, MINMAX>(rows, valid, scratch);
   if (threadIdx.x < D) {
     const Workspace ws(p);
     if (SUM) atomicAdd(ws.v_mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
@@ -64,31 +66,42 @@ __device__ void v_chunk_stats(const SageQuantParams& p, const T* rows, int valid
 }
 
 // Each block runs units u = blockIdx.x, blockIdx.x + gridDim.x, ... (a grid of a few blocks per SM), and
-// stages unit u + gridDim.x's rows into shared memory (cp.async) while it works on unit u: a block always
-// has a unit's loads in flight, where one block per unit spent most of its life between its loads and its
-// stores (the passes ran at half the bandwidth). UNIT_ROWS rows of D elements per stage.
-template <int D, typename T, int UNIT_ROWS, class Source, class Work>
-__device__ void run_units(int units, T* stages, Source source, Work work) {
-  auto stage = [&](int buf) { return stages + buf * (UNIT_ROWS * D); };
-  auto issue = [&](int u, T* dst) {
-    if (u < units) {
-      int64_t stride;
-      int valid;
-      const T* src = source(u, stride, valid);
-      stage_rows<D>(dst, src, stride, min(valid, UNIT_ROWS));
-    }
+// stages unit u + gridDim.x into shared memory (cp.async) while it works on unit u: a block always has a
+// unit's loads in flight, where one block per unit spent most of its life between its loads and its
+// stores (the passes ran at half the bandwidth). A stage is STAGE_BYTES; stage_unit(u, stage) issues the
+// copies of unit u, work(u, stage) runs once they have landed.
+template <int STAGE_BYTES, class StageUnit, class Work>
+__device__ void run_units(int units, uint8_t* stages, StageUnit stage_unit, Work work) {
+  auto issue = [&](int u, uint8_t* dst) {
+    if (u < units) stage_unit(u, dst);
     cp_async_commit();  // an empty group past the end keeps the wait below uniform
   };
   int buf = 0;
-  issue(blockIdx.x, stage(0));
+  issue(blockIdx.x, stages);
   for (int u = blockIdx.x; u < units; u += gridDim.x) {
-    issue(u + gridDim.x, stage(buf ^ 1));
+    issue(u + gridDim.x, stages + (buf ^ 1) * STAGE_BYTES);
     cp_async_wait<1>();  // this thread's copies of unit u have landed
     __syncthreads();     // ... and everyone's
-    work(u, stage(buf));
-    __syncthreads();  // stage(buf) is refilled by the next iteration's issue
+    work(u, stages + buf * STAGE_BYTES);
+    __syncthreads();  // the stage is refilled by the next iteration's issue
     buf ^= 1;
   }
+}
+
+// Bytes of one stage: q_tiles_and_stats stages a Q tile or a K/V chunk (64 rows); kv_tiles a 128-token unit
+// and, after its rows, three [D] float vectors of statistics.
+template <int D, typename T>
+constexpr int kQStageBytes = kTile * D * sizeof(T);
+template <int D, typename T>
+constexpr int kKVRowBytes = kVTile * D * sizeof(T);
+template <int D, typename T>
+constexpr int kKVStageBytes = kKVRowBytes<D, T> + 3 * D * sizeof(float);
+
+// Copies `n` floats (a multiple of 4, 16-byte aligned) with threads [first, first + n / 4), one 16-byte
+// piece each, in the caller's cp.async group.
+__device__ __forceinline__ void stage_floats(float* dst, const void* src, int n, int first) {
+  const int i = static_cast<int>(threadIdx.x) - first;
+  if (i >= 0 && i < n / 4) cp_async_16(smem_u32(dst + 4 * i), static_cast<const float*>(src) + 4 * i);
 }
 
 // Units [0, q_units): Q tiles (64 rows); then kv_chunks K-mean chunks (64 tokens); then (when V needs
@@ -99,41 +112,48 @@ __global__ void __launch_bounds__(kThreads) q_tiles_and_stats(SageQuantParams p,
   using T = typename ElemOf<DT>::type;
   extern __shared__ __align__(16) uint8_t dyn_smem[];
   __shared__ TileSmem<D> sm;
+  __shared__ ReduceSmem<D> red;
   pdl_allow_dependents();  // kv_tiles may be scheduled beside this grid's last blocks; it waits for them
   const int kv_chunks = p.batch * p.heads_kv * chunks;
   const int q_tiles = p.seq_q_pad / kTile;
+  const FastDivmod by_q_tiles(q_tiles), by_chunks(chunks), by_heads_q(p.heads_q), by_heads_kv(p.heads_kv);
   // Unit u of the K or V chunks: which slab, kv head and first token.
   auto chunk_of = [&](int u, bool& is_k, int& bh, int& t0) {
     u -= q_units;
     is_k = u < kv_chunks;
     if (!is_k) u -= kv_chunks;
-    bh = u / chunks;
-    t0 = (u % chunks) * kReduceChunk;
+    bh = by_chunks.divmod(u, t0);
+    t0 *= kReduceChunk;
   };
-  auto source = [&](int u, int64_t& stride, int& valid) -> const T* {
+  auto stage_unit = [&](int u, uint8_t* stage) {
+    T* dst = reinterpret_cast<T*>(stage);
     if (u < q_units) {
-      const TileAt<D, T, QK, true> at(p, u / q_tiles, u % q_tiles);
-      stride = at.stride_n;
-      valid = at.valid;
-      return at.src;
+      int tile;
+      const int bh = by_q_tiles.divmod(u, tile);
+      const TileAt<D, T, QK, true> at(p, bh, tile, by_heads_q);
+      stage_rows<D>(dst, at.src, at.stride_n, at.valid);
+      return;
     }
     bool is_k;
     int bh, t0;
     chunk_of(u, is_k, bh, t0);
-    valid = min(kReduceChunk, p.seq_k - t0);
-    return kv_rows<T>(p, is_k, bh, t0, stride);
+    int64_t stride;
+    const T* src = kv_rows<T>(p, is_k, bh, t0, by_heads_kv, stride);
+    stage_rows<D>(dst, src, stride, min(kReduceChunk, p.seq_k - t0));
   };
-  auto work = [&](int u, const T* rows) {
+  auto work = [&](int u, uint8_t* stage) {
+    const T* rows = reinterpret_cast<const T*>(stage);
     if (u < q_units) {
-      const int bh = u / q_tiles, tile = u % q_tiles;
-      const TileAt<D, T, QK, true> at(p, bh, tile);
+      int tile;
+      const int bh = by_q_tiles.divmod(u, tile);
+      const TileAt<D, T, QK, true> at(p, bh, tile, by_heads_q);
       if (p.smooth_q) {
         float* mean = p.q_mean + (static_cast<int64_t>(bh) * q_tiles + tile) * D;
         quantize_tile<D, T, QK, true, Smooth::kBlockMean>(rows, D, at.valid, mean, p.granularity, at.dst,
-                                                          at.scale_out, sm);
+                                                          at.scale_out, sm, &red);
       } else {
         quantize_tile<D, T, QK, true, Smooth::kNone>(rows, D, at.valid, nullptr, p.granularity, at.dst,
-                                                     at.scale_out, sm);
+                                                     at.scale_out, sm, nullptr);
       }
       return;
     }
@@ -143,70 +163,95 @@ __global__ void __launch_bounds__(kThreads) q_tiles_and_stats(SageQuantParams p,
     const int valid = min(kReduceChunk, p.seq_k - t0);
     const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
     if (is_k) {
-      const ChannelStats s = channel_stats<D, true, false>(rows, D, 0, valid, sm.red);
+      const ChannelStats s = channel_stats<D, true, false>(rows, valid, red.red);
       if (threadIdx.x < D) atomicAdd(Workspace(p).k_mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
     } else if (v_sum && v_minmax) {
-      v_chunk_stats<D, true, true>(p, rows, valid, at, sm.red);
+      v_chunk_stats<D, true, true>(p, rows, valid, at, red.red);
     } else if (v_sum) {
-      v_chunk_stats<D, true, false>(p, rows, valid, at, sm.red);
+      v_chunk_stats<D, true, false>(p, rows, valid, at, red.red);
     } else {
-      v_chunk_stats<D, false, true>(p, rows, valid, at, sm.red);
+      v_chunk_stats<D, false, true>(p, rows, valid, at, red.red);
     }
   };
   static_assert(kTile == kReduceChunk, "one staged unit is a Q tile or a K/V chunk");
-  run_units<D, T, kTile>(units, reinterpret_cast<T*>(dyn_smem), source, work);
+  run_units<kQStageBytes<D, T>>(units, dyn_smem, stage_unit, work);
 }
 
 // Units of 128 tokens, in the forward order [K of every kv head..., V of every kv head...], run as
 // f = units - 1 - u (see the file comment). A K unit is two 64-token K tiles (two scale blocks); a V unit one
-// V tile. The first unit of each head also writes the head's k_mean, v_scale and v_mean outputs.
+// V tile. Each unit's stage holds, after its rows, what it needs of the statistics (K: the mean; V: max,
+// min, mean, or the static scale), copied with the rows rather than read when the work starts, where the
+// L2 round trip stood between the block and its stores. The first unit of each head also writes the
+// head's k_mean, v_scale and v_mean outputs. Three blocks per SM (at most 85 registers and ~70 KiB of shared
+// memory each; with two, the blocks' barriers and the statistics' L2 round trips left the SM's loads idle).
 template <int D, int DT, int QK>
-__global__ void __launch_bounds__(kThreads) kv_tiles(SageQuantParams p, int k_units, int units) {
+__global__ void __launch_bounds__(kThreads, 3) kv_tiles(SageQuantParams p, int k_units, int units) {
   using T = typename ElemOf<DT>::type;
+  constexpr int kRowBytes = kKVRowBytes<D, T>;
   extern __shared__ __align__(16) uint8_t dyn_smem[];
   __shared__ union {
     TileSmem<D> k;
-    VTileSmem<D> v;
+    VScales<D> v;
   } sm;
   pdl_allow_dependents();
   pdl_wait();  // the statistics (and, for the attention after us, Q) come from q_tiles_and_stats
   const Workspace ws(p);
-  const int per_head = p.seq_k_pad / kVTile;
-  auto source = [&](int u, int64_t& stride, int& valid) -> const T* {
+  const FastDivmod by_per_head(p.seq_k_pad / kVTile), by_heads_kv(p.heads_kv);
+  auto unit_of = [&](int u, bool& is_k, int& bh, int& t_idx) {
     int f = units - 1 - u;
-    const bool is_k = f < k_units;
+    is_k = f < k_units;
     if (!is_k) f -= k_units;
-    const int bh = f / per_head, t0 = (f % per_head) * kVTile;
-    valid = min(kVTile, p.seq_k - t0);
-    return kv_rows<T>(p, is_k, bh, t0, stride);
+    bh = by_per_head.divmod(f, t_idx);
   };
-  auto work = [&](int u, const T* rows) {
-    int f = units - 1 - u;
-    if (f < k_units) {
-      const int bh = f / per_head, unit = f % per_head;
-      float* mean = ws.k_mean + static_cast<int64_t>(bh) * D;
+  auto stage_unit = [&](int u, uint8_t* stage) {
+    bool is_k;
+    int bh, t_idx;
+    unit_of(u, is_k, bh, t_idx);
+    int64_t stride;
+    const T* src = kv_rows<T>(p, is_k, bh, t_idx * kVTile, by_heads_kv, stride);
+    stage_rows<D>(reinterpret_cast<T*>(stage), src, stride, min(kVTile, p.seq_k - t_idx * kVTile));
+    float* side = reinterpret_cast<float*>(stage + kRowBytes);
+    const int64_t at = static_cast<int64_t>(bh) * D;
+    if (is_k) {
+      stage_floats(side, ws.k_mean + at, D, 0);
+    } else {
+      if (p.v_static_scale) {
+        stage_floats(side, p.v_static_scale + at, D, 0);
+      } else {
+        stage_floats(side, ws.v_max + at, D, 0);
+        stage_floats(side + D, ws.v_negmin + at, D, D / 4);
+      }
+      if (p.smooth_v) stage_floats(side + 2 * D, ws.v_mean + at, D, D / 2);
+    }
+  };
+  auto work = [&](int u, uint8_t* stage) {
+    const T* rows = reinterpret_cast<const T*>(stage);
+    float* side = reinterpret_cast<float*>(stage + kRowBytes);
+    bool is_k;
+    int bh, t_idx;
+    unit_of(u, is_k, bh, t_idx);
+    if (is_k) {
 #pragma unroll 1
       for (int half = 0; half < kVTile / kTile; ++half) {
-        const int tile = unit * (kVTile / kTile) + half;
-        const TileAt<D, T, QK, false> at(p, bh, tile);
-        quantize_tile<D, T, QK, false, Smooth::kGiven>(rows + half * kTile * D, D, at.valid, mean, p.granularity,
-                                                       at.dst, at.scale_out, sm.k);
+        const int tile = t_idx * (kVTile / kTile) + half;
+        const TileAt<D, T, QK, false> at(p, bh, tile, by_heads_kv);
+        quantize_tile<D, T, QK, false, Smooth::kGiven>(rows + half * kTile * D, D, at.valid, side, p.granularity,
+                                                       at.dst, at.scale_out, sm.k, nullptr);
         __syncthreads();  // sm.k is reused by the second tile
       }
-      if (unit == 0 && threadIdx.x < D) p.k_mean[static_cast<int64_t>(bh) * D + threadIdx.x] = mean[threadIdx.x];
+      if (t_idx == 0 && threadIdx.x < D) p.k_mean[static_cast<int64_t>(bh) * D + threadIdx.x] = side[threadIdx.x];
       return;
     }
-    f -= k_units;
-    const int bh = f / per_head, t_idx = f % per_head;
     if (threadIdx.x < D) {
       const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
-      const float mean = p.smooth_v ? ws.v_mean[at] : 0.f;
+      const float mean = p.smooth_v ? side[2 * D + threadIdx.x] : 0.f;
       float s;
       if (p.v_static_scale) {
-        s = p.v_static_scale[at];
+        s = side[threadIdx.x];
       } else {
-        const float amax = fmaxf(from_ordered_bits(ws.v_max[at]) - mean, mean + from_ordered_bits(ws.v_negmin[at]));
-        s = __fdiv_rn(fmaxf(amax, kScaleFloor), kFp8Max);
+        const float vmax = from_ordered_bits(__float_as_uint(side[threadIdx.x]));
+        const float negmin = from_ordered_bits(__float_as_uint(side[D + threadIdx.x]));
+        s = __fdiv_rn(fmaxf(fmaxf(vmax - mean, mean + negmin), kScaleFloor), kFp8Max);
       }
       sm.v.scale[threadIdx.x] = s;
       sm.v.inv[threadIdx.x] = __frcp_rn(s);
@@ -220,7 +265,7 @@ __global__ void __launch_bounds__(kThreads) kv_tiles(SageQuantParams p, int k_un
     uint8_t* dst = static_cast<uint8_t*>(p.v_fp8) + static_cast<int64_t>(bh) * D * p.seq_k_pad + t_idx * kVTile;
     quantize_v_tile<D>(rows, min(kVTile, p.seq_k - t_idx * kVTile), dst, p.seq_k_pad, sm.v);
   };
-  run_units<D, T, kVTile>(units, reinterpret_cast<T*>(dyn_smem), source, work);
+  run_units<kKVStageBytes<D, T>>(units, dyn_smem, stage_unit, work);
 }
 
 // A persistent grid: as many blocks as fit on the GPU at once (at most one per unit).
@@ -245,14 +290,14 @@ int launch(const SageQuantParams& p, cudaStream_t stream) {
   const int q_units = p.batch * p.heads_q * (p.seq_q_pad / kTile);
   const int kv_chunks = p.batch * p.heads_kv * chunks;
   const int units1 = q_units + kv_chunks * (v_sum || v_minmax ? 2 : 1);
-  const size_t smem1 = 2 * kTile * D * sizeof(T);
+  const size_t smem1 = 2 * kQStageBytes<D, T>;
   int grid1 = 0;
   if (int r = grid_for(q_tiles_and_stats<D, DT, QK>, smem1, units1, grid1)) return r;
   q_tiles_and_stats<D, DT, QK><<<grid1, kThreads, smem1, stream>>>(p, q_units, chunks, v_sum, v_minmax, units1);
   SAGE_CHECK_LAUNCH("sage_quantize (Q tiles + K/V statistics)");
   const int k_units = p.batch * p.heads_kv * (p.seq_k_pad / kVTile);
   const int units2 = k_units * (has_v ? 2 : 1);
-  const size_t smem2 = 2 * kVTile * D * sizeof(T);
+  const size_t smem2 = 2 * kKVStageBytes<D, T>;
   int grid2 = 0;
   if (int r = grid_for(kv_tiles<D, DT, QK>, smem2, units2, grid2)) return r;
   SAGE_CUDA_TRY(launch_pdl(kv_tiles<D, DT, QK>, grid2, kThreads, smem2, stream, p, k_units, units2));
