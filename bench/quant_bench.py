@@ -1,6 +1,7 @@
 """Time sage's quantization (sage_quantize: a memset and two kernels) alone, against the bytes they must move.
 
     python3 bench/quant_bench.py            # prints one line per shape; run on a GPU
+    python3 bench/quant_bench.py --breakdown  # then each kernel's own time (CUPTI) at the bench's shapes
 
 Two times: eager (Python, ctypes and launch gaps included) and the same calls captured in a CUDA graph
 (GPU time; the graph replays on one input set, so at small sizes part of it may come from L2).
@@ -60,19 +61,31 @@ def main() -> None:
             print(f"{str((b, hq, hkv, n, d)):<24}{s.label():<22}{ms:8.3f}{gms:9.3f}{nbytes / gms / 1e6:8.0f}{nbytes / 3.0e9:10.3f}")
 
 
+def _short(kernel_name: str) -> str:
+    """'void sage::quant::(anonymous namespace)::kv_tiles<128, 1, 0>(SageQuantParams, int, int)' -> 'kv_tiles'."""
+    name = kernel_name.replace("(anonymous namespace)::", "").removeprefix("void ")
+    return name.split("<")[0].split("(")[0].split("::")[-1].strip()
+
+
 def kernel_breakdown() -> None:
-    """Per-kernel GPU time (CUPTI through torch.profiler) at B=1, Hq=32, Hkv=8, N=4096, D=128."""
-    q = torch.randn(1, 32, 4096, 128, device="cuda", dtype=torch.float16)
-    k, v = (torch.randn(1, 8, 4096, 128, device="cuda", dtype=torch.float16) for _ in range(2))
-    for s in (SageSettings(), SageSettings(smooth_q=True, smooth_v=True)):
-        kernels.quantize(q, k, v, s)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(20):
+    """Per-kernel GPU time (CUPTI through torch.profiler), microseconds per call: sage bench's shape (B=1,
+    Hq=Hkv=32, D=128, bf16) at 4k and 32k, and B=1, Hq=32, Hkv=8, 4k, fp16."""
+    for b, hq, hkv, n, d, dtype in [(1, 32, 32, 4096, 128, torch.bfloat16), (1, 32, 32, 32768, 128, torch.bfloat16),
+                                    (1, 32, 8, 4096, 128, torch.float16)]:
+        q = torch.randn(b, hq, n, d, device="cuda", dtype=dtype)
+        k, v = (torch.randn(b, hkv, n, d, device="cuda", dtype=dtype) for _ in range(2))
+        # smooth Q's bias at 32k x 32k is over the op's size limit (SAGE_MAX_SMOOTH_Q_BIAS_BYTES)
+        for s in (SageSettings(), SageSettings(smooth_q=True, smooth_v=True))[: 1 if n > 16384 else 2]:
+            for _ in range(3):
                 kernels.quantize(q, k, v, s)
             torch.cuda.synchronize()
-        print(f"-- per-kernel, {s.label()} (20 calls)")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    kernels.quantize(q, k, v, s)
+                torch.cuda.synchronize()
+            per_call = {e.key: e.device_time_total / 10 for e in prof.key_averages() if e.device_time_total > 0}
+            cells = ", ".join(f"{_short(name)} {us:.1f}" for name, us in per_call.items())
+            print(f"{str((b, hq, hkv, n, d, str(dtype)[6:])):<40}{s.label():<22}{cells}")
 
 
 if __name__ == "__main__":
