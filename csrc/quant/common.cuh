@@ -42,8 +42,8 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* src, int64_t stride_
     cp_async_16(smem_u32(dst + r * D + R::col()), src + r * stride_n + R::col());
 }
 
-// Per-channel statistics of rows [0, valid) of a staged [64, D] chunk (rows D elements apart): the sum
-// (SUM) and the max and min (MINMAX), returned to threads threadIdx.x < D for channel threadIdx.x.
+// Per-channel statistics of rows [0, valid) of a staged [kReduceChunk, D] chunk (rows D elements apart):
+// the sum (SUM) and the max and min (MINMAX), returned to threads threadIdx.x < D for channel threadIdx.x.
 // `scratch` holds kRowsPerPass * D floats; every thread of the block must call this.
 // The max and min are taken on the 16-bit pairs themselves (one HMNMX2 per pair and statistic, exact) and
 // converted once at the end; only the sum needs every element as fp32.
@@ -59,7 +59,7 @@ template <int D, bool SUM, bool MINMAX, typename T>
 __device__ ChannelStats channel_stats(const T* rows, int valid, float* scratch) {
   using R = Rows<D>;
   using T2 = typename PairOf<T>::type;
-  constexpr int kPasses = 64 / R::kRowsPerPass;  // 4 (D=128) or 2 (D=64) rows a thread
+  constexpr int kPasses = kReduceChunk / R::kRowsPerPass;  // 4 (D=128) or 2 (D=64) rows a thread
   const int c = R::col();
   float s[8];
   T2 mx[4], mn[4];
@@ -97,7 +97,7 @@ __device__ ChannelStats channel_stats(const T* rows, int valid, float* scratch) 
       }
     }
   };
-  if (valid >= 64)
+  if (valid >= kReduceChunk)
     body(std::true_type{});
   else
     body(std::false_type{});
