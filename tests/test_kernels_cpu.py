@@ -58,7 +58,7 @@ def fake_csrc(tmp_path, monkeypatch):
 def quant_only_csrc(fake_csrc):
     """The ABI, api.cu and the quantization kernels: a library with no attention family."""
     shutil.copytree(CSRC / "quant", fake_csrc / "quant")
-    for f in ("numeric.cuh", "cp_async.cuh", "pdl.cuh", "divmod.cuh"):
+    for f in ("numeric.cuh", "cp_async.cuh", "smem.cuh", "pdl.cuh", "divmod.cuh"):
         shutil.copy(CSRC / "common" / f, fake_csrc / "common")
     return fake_csrc
 

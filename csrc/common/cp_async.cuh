@@ -3,11 +3,9 @@
 #pragma once
 #include <cstdint>
 
-namespace sage {
+#include "smem.cuh"
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+namespace sage {
 
 // 16-byte global -> shared copy that bypasses L1 (.cg). src_bytes == 0 writes 16 zero bytes without
 // reading global memory: that is how rows past the end of an unpadded tensor are filled.

@@ -12,12 +12,14 @@
 #pragma once
 #include <stdint.h>
 
+#include "smem.cuh"
+
 namespace sage::sm90 {
 
 enum class Swizzle : uint64_t { k128B = 1, k64B = 2, k32B = 3 };
 
 __device__ __forceinline__ uint64_t make_smem_desc(const void* smem, uint32_t stride_bytes, Swizzle sw) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t addr = smem_u32(smem);
   uint64_t desc = static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
   desc |= static_cast<uint64_t>(1) << 16;  // leading byte offset: ignored for swizzled K-major
   desc |= static_cast<uint64_t>(stride_bytes >> 4) << 32;
@@ -29,7 +31,7 @@ __device__ __forceinline__ uint64_t make_smem_desc(const void* smem, uint32_t st
 // constant, and the low half (start address) advances with one 32-bit add per k-step, which keeps the
 // per-wgmma address arithmetic to an IADD and a move to a uniform register.
 __device__ __forceinline__ uint32_t smem_desc_lo(const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t addr = smem_u32(smem);
   return ((addr & 0x3FFFF) >> 4) | (1u << 16);
 }
 __host__ __device__ constexpr uint32_t smem_desc_hi(uint32_t stride_bytes, Swizzle sw) {

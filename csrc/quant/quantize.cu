@@ -52,12 +52,15 @@ __device__ __forceinline__ const T* kv_rows(const SageQuantParams& p, bool is_k,
   return base + b * (is_k ? p.k_stride_b : p.v_stride_b) + h * (is_k ? p.k_stride_h : p.v_stride_h) + t0 * stride;
 }
 
+// One K or V chunk's statistics added into the workspace: sum / Nk into `mean` (the K or V mean), and V's
+// max and min. at: this thread's channel of the chunk's kv head.
 template <int D, bool SUM, bool MINMAX, typename T>
-__device__ void v_chunk_stats(const SageQuantParams& p, const T* rows, int valid, int64_t at, float* scratch) {
+__device__ void chunk_stats(const SageQuantParams& p, const T* rows, int valid, float* mean, int64_t at,
+                            float* scratch) {
   const ChannelStats s = channel_stats<D, SUM, MINMAX>(rows, valid, scratch);
   if (threadIdx.x < D) {
     const Workspace ws(p);
-    if (SUM) atomicAdd(ws.v_mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
+    if (SUM) atomicAdd(mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
     if (MINMAX) {
       atomic_max_ordered(ws.v_max + at, s.max);
       atomic_max_ordered(ws.v_negmin + at, -s.min);
@@ -162,16 +165,15 @@ __global__ void __launch_bounds__(kThreads) q_tiles_and_stats(SageQuantParams p,
     chunk_of(u, is_k, bh, t0);
     const int valid = min(kReduceChunk, p.seq_k - t0);
     const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
-    if (is_k) {
-      const ChannelStats s = channel_stats<D, true, false>(rows, valid, red.red);
-      if (threadIdx.x < D) atomicAdd(Workspace(p).k_mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
-    } else if (v_sum && v_minmax) {
-      v_chunk_stats<D, true, true>(p, rows, valid, at, red.red);
-    } else if (v_sum) {
-      v_chunk_stats<D, true, false>(p, rows, valid, at, red.red);
-    } else {
-      v_chunk_stats<D, false, true>(p, rows, valid, at, red.red);
-    }
+    const Workspace ws(p);
+    if (is_k)
+      chunk_stats<D, true, false>(p, rows, valid, ws.k_mean, at, red.red);
+    else if (v_sum && v_minmax)
+      chunk_stats<D, true, true>(p, rows, valid, ws.v_mean, at, red.red);
+    else if (v_sum)
+      chunk_stats<D, true, false>(p, rows, valid, ws.v_mean, at, red.red);
+    else
+      chunk_stats<D, false, true>(p, rows, valid, ws.v_mean, at, red.red);
   };
   static_assert(kTile == kReduceChunk, "one staged unit is a Q tile or a K/V chunk");
   run_units<kQStageBytes<D, T>>(units, dyn_smem, stage_unit, work);
