@@ -251,12 +251,13 @@ def test_attention_settings(arch, poisoned, family, settings):
     _attn_check(arch, family, (2, 8, 2, 300, 700, 128, True, "HND", torch.bfloat16), settings)
 
 
-def test_exact_division_shortcut_matches_fdiv_rn(arch, tmp_path, nvcc_check_program):
-    """The quantization kernels divide by a group's scale with div_rn_by (csrc/common/numeric.cuh: the
-    reciprocal once, then one product and a Markstein correction): it must give __fdiv_rn's float bit for
-    bit, or the INT8 / FP8 values would drift from numerics/ (tests/cuda/div_rn_by_check.cu, 2^28 pairs)."""
-    exe = tmp_path / "div_rn_by_check"
-    build = nvcc_check_program(Path(__file__).parent / "cuda" / "div_rn_by_check.cu", arch, exe)
+def test_quantize_rounding_matches_numerics(arch, tmp_path, nvcc_check_program):
+    """The quantization kernels round x * __frcp_rn(scale) with one FMA (csrc/common/numeric.cuh,
+    quantize_rn_bits); numerics/ rounds the float64 product with the float64 reciprocal rounded to float32.
+    Both must agree bit for bit, ties included, and a group's amax must land on qmax exactly
+    (tests/cuda/quantize_rn_check.cu, 2^28 pairs)."""
+    exe = tmp_path / "quantize_rn_check"
+    build = nvcc_check_program(Path(__file__).parent / "cuda" / "quantize_rn_check.cu", arch, exe)
     assert build.returncode == 0, build.stderr[-2000:]
     run = subprocess.run([str(exe), "28"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -1,9 +1,9 @@
 // Numeric helpers shared by the quantization kernels: 16-byte vector loads of fp16/bf16 as fp32,
 // round-to-nearest-even integer quantization, INT4/INT8 packing, FP8 E4M3 packing, warp reductions.
 //
-// Everything here is exact IEEE arithmetic on purpose (__fdiv_rn or div_rn_by, __float2int_rn): the
-// reference in sage_cli/numerics/quantize.py computes round(x / scale) in float32, and an approximate
-// division would flip the rounding of values near .5 far more often than the rare ties the tests allow.
+// Everything here is exact IEEE arithmetic on purpose (__fdiv_rn, __frcp_rn, one FMA with the product kept
+// exact, __float2int_rn): sage_cli/numerics/quantize.py states each rounding, and an approximate reciprocal
+// or division would flip the rounding of values near .5 far more often than the rare ties the tests allow.
 // The files are therefore safe to build with or without --use_fast_math.
 #pragma once
 #include <cuda_bf16.h>
@@ -47,26 +47,17 @@ __device__ __forceinline__ void fill(float (&x)[N], float v) {
   for (int i = 0; i < N; ++i) x[i] = v;
 }
 
-// x / scale rounded to nearest, the same float __fdiv_rn gives, for a scale that divides many values:
-// inv = __frcp_rn(scale) once, then per value one product and Markstein's correction step, whose residual
-// x - q * scale is exact in an FMA (with a correctly rounded reciprocal the first quotient is within an ulp,
-// and the corrected one is then correctly rounded). That holds away from overflow and underflow: the
-// quantization ranges keep |x / scale| <= qmax, and quotients small enough to underflow round to 0 anyway.
-// ~3 instructions instead of __fdiv_rn's ~10 with its range check.
-__device__ __forceinline__ float div_rn_by(float x, float scale, float inv) {
-  const float q = x * inv;
-  return fmaf(fmaf(-q, scale, x), inv, q);
-}
-
-// Symmetric quantization of one value, round(x / scale) to nearest even, returned as the bits of the float
-// 1.5 * 2^23 + round(x / scale): adding that constant rounds any |v| < 2^22 to an integer exactly as
-// __float2int_rn does (the constant is even, so ties go the same way), on the FMA pipe instead of the
-// quarter-rate conversion one. The integer is bits - 0x4B400000; its two's complement low byte (and
-// nibble) are the bits' own, since the constant's low byte is 0. inv = __frcp_rn(scale).
-// No clamp is needed when scale = max(amax, floor) / qmax over the values quantized with it: then
-// |x| / scale <= qmax * (1 + 2^-23), which rounds to qmax at most.
-__device__ __forceinline__ uint32_t quantize_rn_bits(float x, float scale, float inv) {
-  return __float_as_uint(div_rn_by(x, scale, inv) + 12582912.f);
+// Symmetric quantization of one value: round(x * inv) to nearest even, with inv = __frcp_rn(scale) and the
+// product x * inv exact, not rounded to a float first (numerics/quantize.py computes it in float64, where a
+// product of two floats is exact). Returned as the bits of the float 1.5 * 2^23 + round(x * inv): one FMA
+// with that constant rounds the exact x * inv + 1.5 * 2^23 to an integer-spaced float, which for
+// |x * inv| < 2^22 is the constant plus round(x * inv) (the constant is even, so ties go to even as in
+// __float2int_rn). The integer is bits - 0x4B400000; its two's complement low byte (and nibble) are the
+// bits' own, since the constant's low byte is 0.
+// No clamp is needed when scale = max(amax, floor) / qmax over the values quantized with it: scale and inv
+// are each within half an ulp, so |x| * inv <= qmax * (1 + 2^-22), which rounds to qmax at most.
+__device__ __forceinline__ uint32_t quantize_rn_bits(float x, float inv) {
+  return __float_as_uint(__fmaf_rn(x, inv, 12582912.f));
 }
 __device__ __forceinline__ int rn_bits_to_int(uint32_t bits) { return static_cast<int>(bits - 0x4B400000u); }
 

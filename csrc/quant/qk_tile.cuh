@@ -60,8 +60,7 @@ template <int D>
 struct TileSmem {
   float mean[D];
   float row_amax[kTile];
-  float scale[32];
-  float inv[32];  // __frcp_rn(scale)
+  float inv[32];  // __frcp_rn of each group's scale
 };
 
 enum class Smooth { kNone, kBlockMean, kGiven };
@@ -133,7 +132,6 @@ __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* 
   if (static_cast<int>(threadIdx.x) < ngroups) {
     const float a = group_amax<IS_Q>(sm.row_amax, threadIdx.x, gran);
     const float s = __fdiv_rn(fmaxf(a, kScaleFloor), static_cast<float>(kQmax));
-    sm.scale[threadIdx.x] = s;
     sm.inv[threadIdx.x] = __frcp_rn(s);
     scale_out[threadIdx.x] = s;
   }
@@ -142,11 +140,10 @@ __device__ void quantize_tile(const T* src, int64_t stride_n, int valid, float* 
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = R::row() + i * R::kRowsPerPass;
-    const int grp = local_group<IS_Q>(r, gran);
-    const float s = sm.scale[grp], inv = sm.inv[grp];
+    const float inv = sm.inv[local_group<IS_Q>(r, gran)];
     uint32_t bits[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) bits[j] = quantize_rn_bits(x[i][j], s, inv);
+    for (int j = 0; j < 8; ++j) bits[j] = quantize_rn_bits(x[i][j], inv);
     if (QK == SAGE_QK_INT8) {
       *reinterpret_cast<uint2*>(dst + static_cast<int64_t>(r) * D + c) = pack_int8x8_bits(bits);
     } else {

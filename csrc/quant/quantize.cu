@@ -255,7 +255,6 @@ __global__ void __launch_bounds__(kThreads, 3) kv_tiles(SageQuantParams p, int k
         const float negmin = from_ordered_bits(__float_as_uint(side[D + threadIdx.x]));
         s = __fdiv_rn(fmaxf(fmaxf(vmax - mean, mean + negmin), kScaleFloor), kFp8Max);
       }
-      sm.v.scale[threadIdx.x] = s;
       sm.v.inv[threadIdx.x] = __frcp_rn(s);
       sm.v.mean[threadIdx.x] = mean;
       if (t_idx == 0) {

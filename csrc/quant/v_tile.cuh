@@ -1,5 +1,6 @@
 // One 128-token tile of V to FP8 E4M3, per channel, transposed into [B, Hkv, D, Nk_pad] (conventions:
-// sage_cli/numerics/quantize.py, quantize_v): (V - v_mean) / scale, RN, saturating to +-448.
+// sage_cli/numerics/quantize.py, quantize_v): (V - v_mean) * __frcp_rn(scale), each step rounded to nearest
+// float, then RN to E4M3, saturating to +-448.
 #pragma once
 #include "common.cuh"
 
@@ -12,7 +13,7 @@ constexpr float kFp8Max = 448.f;
 // without smooth V).
 template <int D>
 struct VScales {
-  float scale[D], inv[D], mean[D];
+  float inv[D], mean[D];
 };
 
 // The transposition happens in registers, not in shared memory: each thread converts the 8 channels
@@ -42,11 +43,10 @@ __device__ void quantize_v_tile(const T* rows, int valid, uint8_t* dst, int64_t 
   using L = VTileLanes<D>;
   const L at;
   const int c = 8 * at.k, t0 = L::kTokens * at.group;
-  float mean[8], scale[8], inv[8];
+  float mean[8], inv[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     mean[j] = sc.mean[c + j];
-    scale[j] = sc.scale[c + j];
     inv[j] = sc.inv[c + j];
   }
   uint32_t words[L::kTokens / 4][8];  // [4-token word][channel]
@@ -59,7 +59,7 @@ __device__ void quantize_v_tile(const T* rows, int valid, uint8_t* dst, int64_t 
       if (t < valid) {
         load8(rows + t * D + c, x[i]);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) x[i][j] = div_rn_by(x[i][j] - mean[j], scale[j], inv[j]);
+        for (int j = 0; j < 8; ++j) x[i][j] = __fmul_rn(__fsub_rn(x[i][j], mean[j]), inv[j]);
       } else {
         fill(x[i], 0.f);
       }

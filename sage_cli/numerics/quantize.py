@@ -6,12 +6,15 @@ Conventions (the contract with csrc/quant/):
 * ``k_mean`` is the mean over the ``Nk`` real tokens; ``K' = K - k_mean``.
 * Smooth Q: the mean of each block of ``SMOOTH_Q_BLOCK`` rows is taken over the block's *real* rows
   (the last block may be partial); pad rows stay zero in ``Q'`` (they are not ``-mean``).
-* Symmetric quantization, ``scale = max(amax_group, SCALE_FLOOR) / qmax``, ``x_int = round(x / scale)``
-  with ``torch.round`` (round half to even), clamped to ``[-qmax, qmax]``. Groups follow
+* Symmetric quantization, ``scale = max(amax_group, SCALE_FLOOR) / qmax``, ``inv = reciprocal(scale)`` (the
+  float32 nearest to ``1 / scale``), ``x_int = round(x * inv)`` with the product exact (not rounded to
+  float32 first: one FMA in the kernels, float64 here) and ``torch.round`` (round half to even), clamped
+  to ``[-qmax, qmax]``. Groups follow
   ``settings.q_group_index`` / ``k_group_index`` over the padded length (``SEQ_PAD``); pad rows are zero.
 * ``ds = q_mean . K'^T`` in float32 with the unquantized ``K'`` (pad tokens give 0).
 * V: ``scale_c = max(amax_c, SCALE_FLOOR) / 448`` over the real tokens of ``V'`` (``V - v_mean`` with smooth
-  V), or the static scale given; ``v_fp8 = e4m3(clamp(V' / scale_c, -448, 448))`` (RN, saturating).
+  V), or the static scale given; ``v_fp8 = e4m3(clamp(V' * reciprocal(scale_c), -448, 448))`` with the
+  product rounded to float32 first (RN, saturating).
 """
 from __future__ import annotations
 
@@ -85,6 +88,12 @@ class QuantizedV:
     v_mean: Optional[torch.Tensor]
 
 
+def reciprocal(scale: torch.Tensor) -> torch.Tensor:
+    """The float32 nearest to ``1 / scale`` (``__frcp_rn``): computed in float64 and rounded once more, which
+    is exact here because float64 carries more than twice float32's precision plus two bits."""
+    return (1.0 / scale.to(torch.float64)).to(torch.float32)
+
+
 def quantize_groups(
     x: torch.Tensor, group: torch.Tensor, n_groups: int, qmax: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +114,8 @@ def quantize_groups(
     amax = torch.zeros(b, h, n_groups, dtype=torch.float32, device=x.device)
     amax = amax.scatter_reduce(2, group.expand(b, h, n), row_amax, reduce="amax", include_self=True)
     scale = amax.clamp_min(SCALE_FLOOR) / qmax
-    row_scale = scale.index_select(2, group)  # [B, H, N]
-    x_int = torch.round(x / row_scale[..., None]).clamp_(-qmax, qmax).to(torch.int8)
+    row_inv = reciprocal(scale).index_select(2, group).to(torch.float64)  # [B, H, N]
+    x_int = torch.round(x.to(torch.float64) * row_inv[..., None]).clamp_(-qmax, qmax).to(torch.int8)
     return x_int, scale
 
 
@@ -184,7 +193,7 @@ def quantize_v(v: torch.Tensor, settings: SageSettings) -> QuantizedV:
         scale = static_v_scale(settings.v_scale, b, hkv, d, v.device)
     else:
         scale = vf.abs().amax(dim=2).clamp_min(SCALE_FLOOR) / FP8_MAX
-    v_fp8 = to_fp8(pad_tokens(vf / scale[:, :, None], padded_len(nk)))
+    v_fp8 = to_fp8(pad_tokens(vf * reciprocal(scale)[:, :, None], padded_len(nk)))
     return QuantizedV(v_fp8, scale, v_mean)
 
 
