@@ -29,7 +29,7 @@ def inner() -> None:
     shapes = [(1, 2, 1, 17, 127, 64, True), (2, 4, 2, 127, 300, 128, False), (1, 3, 3, 300, 1000, 128, True),
               (1, 48, 8, 300, 1000, 64, True)]
     settings = [SageSettings(), SageSettings(qk_dtype="int4", smooth_q=True, smooth_v=True),
-                SageSettings(pv_dtype="fp16", granularity="per_warp")]
+                SageSettings(pv_dtype="fp16", granularity="per_warp"), SageSettings(smooth_v=True, granularity="per_block")]
     for b, hq, hkv, nq, nk, d, causal in shapes:
         q = torch.randn(b, hq, nq, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, hkv, nk, d, device="cuda", dtype=torch.bfloat16)

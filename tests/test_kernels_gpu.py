@@ -231,6 +231,16 @@ def test_causal_many_tiles_matches_spec_and_repeats(arch, poisoned, case):
         assert torch.equal(ops.attention_only(prep), first)
 
 
+@pytest.mark.parametrize("nk", [16384, 16385])
+@pytest.mark.parametrize("smooth_v", [False, True])
+def test_wgmma_epilogue_both_sides_of_the_v_constants_cut(arch, poisoned, nk, smooth_v):
+    """The D=128 non-causal wgmma kernel reads the V scale and mean from shared memory up to 128 K tiles
+    and from global memory beyond (csrc/sm90/attn_sm90.cu, kVSmemMaxKTiles): both, with and without smooth V."""
+    if arch != "90a":
+        pytest.skip("sm_90a kernel")
+    _attn_check(arch, "wgmma", (1, 2, 1, 300, nk, 128, False, "HND", torch.bfloat16), SageSettings(smooth_v=smooth_v))
+
+
 @pytest.mark.parametrize("family", ["wgmma", "mma_sync"])
 @pytest.mark.parametrize("i", range(len(ATTN_CASES)), ids=lambda i: "x".join(map(str, ATTN_CASES[i][:6])))
 def test_attention_matches_spec(arch, poisoned, family, i):

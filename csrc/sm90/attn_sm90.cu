@@ -1,5 +1,6 @@
 // Host side of the sm90 attention: validate SageAttnParams, build the TMA tensor maps, pick the kernel
-// instance (head dim x causal x smooth-Q bias x K order), launch a persistent grid.
+// instance (head dim x causal x smooth-Q bias x K order x accumulator x epilogue constants), launch a
+// persistent grid.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -62,12 +63,12 @@ int sm_count() {
   return n;
 }
 
-template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS, bool NARROW>
+template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS, bool NARROW, bool V_SMEM>
 int launch(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t stream) {
   using Traits = Sm90AttnTraits<D, ORDER>;
   CUtensorMap tq, tk, tv;
   if (int r = make_maps<Traits>(p, &tq, &tk, &tv)) return r;
-  auto kernel = sm90::sm90_attn_kernel<Traits, CAUSAL, HAS_DS, NARROW>;
+  auto kernel = sm90::sm90_attn_kernel<Traits, CAUSAL, HAS_DS, NARROW, V_SMEM>;
   SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(Traits::kSmemBytes)));
   const int grid = kp.num_tiles < sm_count() ? kp.num_tiles : sm_count();
@@ -76,9 +77,24 @@ int launch(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t stream) {
   return SAGE_OK;
 }
 
+// The epilogue's V constants from shared memory (kernel.cuh, V_SMEM) pay where work tiles are short: measured
+// on an H200 at D=128 non-causal +1.9% (4k), +0.9% (8k), +0.5% (16k), but -0.4% at 32k and -1.1% at D=64
+// 32k (bench/NOTES.md), so only D=128 non-causal instances have it, for Nk up to kVSmemMaxKTiles K tiles.
+constexpr int kVSmemMaxKTiles = 128;
+
+template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS, bool NARROW>
+int dispatch_v_consts(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
+  if constexpr (D == 128 && !CAUSAL) {
+    if (p.seq_k_pad / Sm90AttnTraits<D, ORDER>::kBlkK <= kVSmemMaxKTiles)
+      return launch<D, ORDER, CAUSAL, HAS_DS, NARROW, true>(p, kp, s);
+  }
+  return launch<D, ORDER, CAUSAL, HAS_DS, NARROW, false>(p, kp, s);
+}
+
 template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS>
 int dispatch_narrow(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
-  return kp.narrow ? launch<D, ORDER, CAUSAL, HAS_DS, true>(p, kp, s) : launch<D, ORDER, CAUSAL, HAS_DS, false>(p, kp, s);
+  return kp.narrow ? dispatch_v_consts<D, ORDER, CAUSAL, HAS_DS, true>(p, kp, s)
+                   : dispatch_v_consts<D, ORDER, CAUSAL, HAS_DS, false>(p, kp, s);
 }
 
 template <int D, KOrder ORDER>

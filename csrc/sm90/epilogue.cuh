@@ -22,12 +22,14 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b, bool bf16) {
 
 // acc: the m64n(D+8) P.V accumulator (acc[4j + 2i + e]: column 8j + 2q + e of row `row0 + 8i`); its
 // columns D..D+7 are the ones rows' products, so acc[D/2 + 2i] is row i's full sum l (times 448).
-template <int D>
+// SMEM_CONSTS: the head's V scale and V mean are read from `vc` ([2][D] in shared memory, filled by the
+// caller), else from global memory.
+template <int D, bool SMEM_CONSTS = false>
 __device__ __forceinline__ void store_output(const float (&acc)[D / 2 + 4], const RowState& st, const Sm90Params& p,
-                                             int b, int h, int row0, int q) {
+                                             int b, int h, int row0, int q, const float* vc = nullptr) {
   const int hk = h / p.group;
-  const float* vs = p.v_scale + (static_cast<int64_t>(b) * p.heads_kv + hk) * D;
-  const float* vm = p.v_mean ? p.v_mean + (static_cast<int64_t>(b) * p.heads_kv + hk) * D : nullptr;
+  const float* vs = SMEM_CONSTS ? vc : p.v_scale + (static_cast<int64_t>(b) * p.heads_kv + hk) * D;
+  const float* vm = !p.v_mean ? nullptr : SMEM_CONSTS ? vc + D : p.v_mean + (static_cast<int64_t>(b) * p.heads_kv + hk) * D;
   char* o_head = static_cast<char*>(p.o) + 2 * (b * p.o_stride_b + h * p.o_stride_h);
   float l[2], inv[2];
   bool seen[2];
@@ -40,8 +42,14 @@ __device__ __forceinline__ void store_output(const float (&acc)[D / 2 + 4], cons
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) {
     const int ch = 8 * j + 2 * q;
-    const float2 s2 = __ldg(reinterpret_cast<const float2*>(vs + ch));
-    const float2 m2 = vm ? __ldg(reinterpret_cast<const float2*>(vm + ch)) : make_float2(0.f, 0.f);
+    float2 s2, m2 = make_float2(0.f, 0.f);
+    if constexpr (SMEM_CONSTS) {
+      s2 = *reinterpret_cast<const float2*>(vs + ch);
+      if (vm) m2 = *reinterpret_cast<const float2*>(vm + ch);
+    } else {
+      s2 = __ldg(reinterpret_cast<const float2*>(vs + ch));
+      if (vm) m2 = __ldg(reinterpret_cast<const float2*>(vm + ch));
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int row = row0 + 8 * i;

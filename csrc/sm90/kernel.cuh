@@ -26,7 +26,9 @@
 
 #include <type_traits>
 
+#include "../common/cp_async.cuh"
 #include "../common/mbarrier.cuh"
+#include "../common/named_barrier.cuh"
 #include "../common/pdl.cuh"
 #include "../sage_abi.h"
 #include "../common/tma.cuh"
@@ -148,7 +150,9 @@ __device__ __forceinline__ void scale_rows(float (&acc)[N], const float (&alpha)
   for (int i = 0; i < N; ++i) acc[i] *= alpha[(i >> 1) & 1];
 }
 
-template <class Traits, bool CAUSAL, bool HAS_DS, bool NARROW>
+// V_SMEM: the epilogue reads the head's V scale and mean from shared memory, copied by cp.async at the
+// tile's start (their L2 latency hidden by the K-tile loop), instead of from L2 after its first stores.
+template <class Traits, bool CAUSAL, bool HAS_DS, bool NARROW, bool V_SMEM>
 __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const Sm90Params& p, int cw) {
   constexpr int S = Traits::kStages;
   constexpr int D = Traits::D;
@@ -214,6 +218,17 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
     const int64_t q_head = static_cast<int64_t>(w.b) * p.heads_q + w.h;
     const int64_t kv_head = static_cast<int64_t>(w.b) * p.heads_kv + hk;
     const float* k_scale = p.k_scale + kv_head * p.nk_groups + ks_off;
+    float* vc = &sm.v_consts[cw][0][0];
+    if constexpr (V_SMEM) {
+      // Once every warp of this consumer is past the previous tile's epilogue (which read the same slot):
+      // this tile's V scale, then V mean, 16 bytes a thread.
+      named_barrier_sync(1 + cw, 128);
+      if (tid < D / 4)
+        cp_async_16(smem_u32(vc + 4 * tid), p.v_scale + kv_head * D + 4 * tid);
+      else if (tid < D / 2 && p.v_mean)
+        cp_async_16(smem_u32(vc + D + 4 * (tid - D / 4)), p.v_mean + kv_head * D + 4 * (tid - D / 4));
+      cp_async_commit();
+    }
     float q_sc[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) q_sc[i] = p.q_scale[q_head * p.nq_groups + q_group(row0 + 8 * i, p.granularity)] * c;
@@ -344,11 +359,15 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
 #pragma unroll
     for (int i = 0; i < Traits::kPVRegs; ++i)
       acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
-    store_output<D>(acc_o, st, p, w.b, w.h, row0, q);
+    if constexpr (V_SMEM) {
+      cp_async_wait<0>();
+      named_barrier_sync(1 + cw, 128);  // every thread's piece of vc has landed
+    }
+    store_output<D, V_SMEM>(acc_o, st, p, w.b, w.h, row0, q, vc);
   }
 }
 
-template <class Traits, bool CAUSAL, bool HAS_DS, bool NARROW>
+template <class Traits, bool CAUSAL, bool HAS_DS, bool NARROW, bool V_SMEM>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sm90_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                      const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ Sm90Params p) {
@@ -389,7 +408,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     return;  // the two roles never rejoin: ptxas allocates each branch under its own register budget
   } else {
     warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    consumer_loop<Traits, CAUSAL, HAS_DS, NARROW>(sm, p, wg - 1);
+    consumer_loop<Traits, CAUSAL, HAS_DS, NARROW, V_SMEM>(sm, p, wg - 1);
     return;
   }
 }

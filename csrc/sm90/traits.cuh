@@ -70,9 +70,11 @@ struct Sm90AttnTraits {
     uint64_t full_k[kStages], empty_k[kStages];
     uint64_t full_v[kStages], empty_v[kStages];
     // Causal instances only (dynamic schedule), with each full_q phase: the tile's index minus the previous
-    // one's (kernel.cuh). Last, so that no other offset moves; sizeof(Smem) stays the same too (it is
-    // rounded up to 1024 bytes and the barriers end well short of that).
+    // one's (kernel.cuh). After the barriers, so that no other offset moved when it came.
     int tile;
+    // Per consumer: the current tile's V scale and V mean ([2][D]) for its epilogue (kernel.cuh, V_SMEM).
+    // After the barriers, so that the other instances' code is what it was when measured.
+    alignas(16) float v_consts[kConsumers][2][D];
   };
   static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;  // + slack to align the dynamic base
 };
