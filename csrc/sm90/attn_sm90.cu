@@ -56,6 +56,8 @@ int make_maps(const SageAttnParams& p, CUtensorMap* tq, CUtensorMap* tk, CUtenso
   return SAGE_OK;
 }
 
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
 int sm_count() {
   int dev = 0, n = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
@@ -79,13 +81,15 @@ int launch(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t stream) {
 
 // The epilogue's V constants from shared memory (kernel.cuh, V_SMEM) pay where work tiles are short: measured
 // on an H200 at D=128 non-causal +1.9% (4k), +0.9% (8k), +0.5% (16k), but -0.4% at 32k and -1.1% at D=64
-// 32k (bench/NOTES.md), so only D=128 non-causal instances have it, for Nk up to kVSmemMaxKTiles K tiles.
+// 32k (bench/NOTES.md), so only D=128 non-causal instances have it, for Nk up to kVSmemMaxKTiles K tiles
+// (and V constants 16-byte aligned, as its cp.async needs; the ABI asks for 8).
 constexpr int kVSmemMaxKTiles = 128;
 
 template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS, bool NARROW>
 int dispatch_v_consts(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
   if constexpr (D == 128 && !CAUSAL) {
-    if (p.seq_k_pad / Sm90AttnTraits<D, ORDER>::kBlkK <= kVSmemMaxKTiles)
+    if (p.seq_k_pad / Sm90AttnTraits<D, ORDER>::kBlkK <= kVSmemMaxKTiles && aligned16(p.v_scale) &&
+        (!p.v_mean || aligned16(p.v_mean)))
       return launch<D, ORDER, CAUSAL, HAS_DS, NARROW, true>(p, kp, s);
   }
   return launch<D, ORDER, CAUSAL, HAS_DS, NARROW, false>(p, kp, s);
@@ -109,8 +113,6 @@ template <KOrder ORDER>
 int dispatch(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
   return p.head_dim == 128 ? dispatch_flags<128, ORDER>(p, kp, s) : dispatch_flags<64, ORDER>(p, kp, s);
 }
-
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
 int validate(const SageAttnParams& p) {
   SAGE_REQUIRE(p.qk_type == SAGE_QK_INT8, "sm90 kernel: only INT8 QK (INT4 mma is emulated on Hopper), got qk_type %d", p.qk_type);
