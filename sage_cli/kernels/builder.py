@@ -13,7 +13,8 @@ temporary name and renamed into place, so a reader never sees half a file.
 
 Flags: ``-O3 -std=c++17 -lineinfo -Xcompiler -fPIC``, no ``--use_fast_math``: the quantization must
 round exactly as the reference (it spells its roundings out anyway: ``__frcp_rn``, ``__fmaf_rn``,
-``__fdiv_rn``), and kernels that want ``ex2.approx`` ask for it explicitly. ``SAGE_NVCC_FLAGS`` appends flags (they enter the key).
+``__fdiv_rn``), and kernels that want ``ex2.approx`` ask for it explicitly. ``SAGE_NVCC_FLAGS`` appends
+flags (they enter the key).
 
 ``SAGE_NO_JIT=1`` forbids building on first use (``library_path(..., jit=True)``); an explicit
 ``build()`` (``sage build``) still builds.

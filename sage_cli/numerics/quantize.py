@@ -79,7 +79,7 @@ class QuantizedV:
     """V in FP8 (the V buffers ``sage_quantize`` writes, but NOT transposed).
 
     v_fp8   ``[B, Hkv, Nk_pad, D]`` float8_e4m3fn (pad tokens zero)
-    v_scale ``[B, Hkv, D]`` float32, the scale each channel was divided by
+    v_scale ``[B, Hkv, D]`` float32, each channel's scale (V' was multiplied by its reciprocal)
     v_mean  ``[B, Hkv, D]`` float32 with smooth V, else None
     """
 
