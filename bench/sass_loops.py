@@ -6,8 +6,9 @@
 Compiles csrc/sm90/attn_sm90.cu for sm_90a with the library's own flags, disassembles it with
 `cuobjdump -sass` (the `nvidia-cuda-cuobjdump` wheel carries one: `pip download --no-deps
 nvidia-cuda-cuobjdump`, unzip, put its bin/ on PATH) and, for each kernel instance, prints the loops that
-run one K tile per iteration (a backward branch over one tile's exp2s: 66 MUFU per thread). For each loop:
-its length, local-memory spills (LDL/STL) inside it, and the order of the events that decide its speed:
+run one K tile per iteration (a backward branch over one tile's exp2s: 66 MUFU per thread), under a
+line naming the instance's flags with the local-memory accesses (LDL/STL) of the whole kernel. For each
+loop: its length, the spills inside it, and the order of the events that decide its speed:
 
     Q = the QK wgmmas, P = the P.V wgmmas, W1 / W0 = wgmma waits (wait_group 1 / 0), S = the row-max
     shuffles, E = the first and last exp2 (MUFU.EX2), B = a branch (a masked / unmasked split).
@@ -32,7 +33,8 @@ from sage_cli.kernels import builder  # noqa: E402
 
 _INSTR = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _TARGET = re.compile(r"BRA\s.*?0x([0-9a-f]+)\s*$")
-_INSTANCE = re.compile(r"Sm90AttnTraits<(?:\(int\))?(\d+), \(sage::sm90::KOrder\)(\d)>, (?:\(bool\))?(\w+), (?:\(bool\))?(\w+), (?:\(bool\))?(\w+)>")
+_INSTANCE = re.compile(r"Sm90AttnTraits<(?:\(int\))?(\d+), \(sage::sm90::KOrder\)(\d)>((?:, (?:\(bool\))?\w+)+)>")
+_FLAGS = ("causal", "ds", "narrow", "v_smem")  # sm90_attn_kernel's bool parameters, in order
 
 
 def disassemble(out_dir: Path) -> str:
@@ -104,8 +106,13 @@ def main() -> int:
         if "sm90_attn_kernel" not in name or not re.search(args.filter, name):
             continue
         m = _INSTANCE.search(name)
-        label = f"D={m.group(1)} causal={m.group(3)} ds={m.group(4)} narrow={m.group(5)}" if m else name[:80]
-        print(label)
+        if m:
+            flags = [f.replace("(bool)", "").strip() for f in m.group(3).split(",")[1:]]
+            label = f"D={m.group(1)} " + " ".join(f"{k}={v}" for k, v in zip(_FLAGS, flags))
+        else:
+            label = name[:80]
+        spills = sum(("LDL" in t or "STL" in t) for _, t in ins)
+        print(f"{label}  (LDL/STL in the whole kernel: {spills})")
         for body in tile_loops(ins):
             count = lambda s: sum(s in t for _, t in body)  # noqa: E731
             print(f"  loop {body[0][0]:#x}-{body[-1][0]:#x}: {len(body)} instructions, LDL {count('LDL')}, "
