@@ -1,8 +1,8 @@
 // Numeric helpers shared by the quantization kernels: 16-byte vector loads of fp16/bf16 as fp32,
 // round-to-nearest-even integer quantization, INT4/INT8 packing, FP8 E4M3 packing, warp reductions.
 //
-// Everything here is exact IEEE arithmetic on purpose (__fdiv_rn, __frcp_rn, one FMA with the product kept
-// exact, __float2int_rn): sage_cli/numerics/quantize.py states each rounding, and an approximate reciprocal
+// Everything here is exact IEEE arithmetic on purpose (the callers' __fdiv_rn and __frcp_rn, one FMA with the
+// product kept exact): sage_cli/numerics/quantize.py states each rounding, and an approximate reciprocal
 // or division would flip the rounding of values near .5 far more often than the rare ties the tests allow.
 // The files are therefore safe to build with or without --use_fast_math.
 #pragma once

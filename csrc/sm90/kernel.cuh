@@ -183,9 +183,9 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
   // first tile, and returns at once (the phase cannot advance before this warp arrives on empty_q). The
   // last one read is >= num_tiles: the end.
   // It comes as the distance from the tile before, and through a warp-wide max, only so that ptxas sees
-  // `tile` as uniform, as with the static tile += gridDim.x, and
-  // keeps it and the per-tile values in uniform registers. Read per thread or as the index itself, they
-  // took general registers from the K-tile loop (D = 128 causal: 3 to 12 more LDL in it, 3 to 8 STL).
+  // `tile` as uniform, as with the static tile += gridDim.x, and keeps it and the per-tile values in
+  // uniform registers. Read per thread or as the index itself, they took general registers from the K-tile
+  // loop (D = 128 causal: 3 to 12 more LDL in it, 3 to 8 STL).
   int tile = blockIdx.x;
   auto advance = [&]() {
     if constexpr (CAUSAL) {
@@ -405,7 +405,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if (wg == 0) {
     warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x == 0) producer_loop<Traits, CAUSAL>(sm, p, &tm_q, &tm_k, &tm_v);
-    return;  // the two roles never rejoin: ptxas allocates each branch under its own register budget
+    // The two roles never rejoin: ptxas allocates each branch's general registers under its own budget. Not
+    // the uniform registers: any code that a thread other than thread 0 runs here caps them at ~24 for the
+    // whole kernel and slows the consumers by up to 2% (bench/NOTES.md, ninth session).
+    return;
   } else {
     warpgroup_reg_alloc<Traits::kConsumerRegs>();
     consumer_loop<Traits, CAUSAL, HAS_DS, NARROW, V_SMEM>(sm, p, wg - 1);
