@@ -188,3 +188,25 @@ int sm90_attn_fwd_k_order(const SageAttnParams& p, cudaStream_t stream, int k_or
 int sm90_attn_fwd(const SageAttnParams& p, cudaStream_t stream) { return sm90_attn_fwd_k_order(p, stream, SM90_K_AUTO); }
 
 }  // namespace sage
+
+#ifdef SAGE_TRACE
+// bench/tile_trace.py's reads of the clock stamps (trace.cuh); only in its own build of the library.
+extern "C" int sage_trace_read(void* tiles, size_t tile_bytes, void* steps, size_t step_bytes) {
+  if (tile_bytes != sizeof(sage::sm90::g_trace) || step_bytes != sizeof(sage::sm90::g_trace_steps)) return 1;
+  return cudaMemcpyFromSymbol(tiles, sage::sm90::g_trace, tile_bytes) == cudaSuccess &&
+                 cudaMemcpyFromSymbol(steps, sage::sm90::g_trace_steps, step_bytes) == cudaSuccess
+             ? 0
+             : 1;
+}
+extern "C" int sage_trace_clear() {
+  void* tiles = nullptr;
+  void* steps = nullptr;
+  if (cudaGetSymbolAddress(&tiles, sage::sm90::g_trace) != cudaSuccess ||
+      cudaGetSymbolAddress(&steps, sage::sm90::g_trace_steps) != cudaSuccess)
+    return 1;
+  return cudaMemset(tiles, 0, sizeof(sage::sm90::g_trace)) == cudaSuccess &&
+                 cudaMemset(steps, 0, sizeof(sage::sm90::g_trace_steps)) == cudaSuccess
+             ? 0
+             : 1;
+}
+#endif

@@ -38,6 +38,7 @@
 #include "params.cuh"
 #include "softmax.cuh"
 #include "tile_scheduler.cuh"
+#include "trace.cuh"
 #include "traits.cuh"
 
 namespace sage::sm90 {
@@ -76,7 +77,9 @@ __device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const S
     }
     const int hk = w.h / p.group;
     const int kv_head = w.b * p.heads_kv + hk;
+    SAGE_TRACE_EVENT(0, q_count, 0);
     mbar_wait_sleep(&sm.empty_q, (q_count & 1) ^ 1);
+    SAGE_TRACE_EVENT(0, q_count, 1);
     if constexpr (CAUSAL) {
       st_shared_s32(&sm.tile, tile - prev);
       prev = tile;
@@ -103,7 +106,9 @@ __device__ __forceinline__ void producer_loop(typename Traits::Smem& sm, const S
       mbar_wait_sleep(&sm.empty_v[st], ph ^ 1);
       mbar_arrive_expect_tx(&sm.full_v[st], Traits::kVBytes);
       tma_load_3d(sm.v[st], tm_v, &sm.full_v[st], n * Traits::kBlkK, 0, kv_head);
+      if (n == 0) SAGE_TRACE_EVENT(0, q_count - 1, 2);
     }
+    SAGE_TRACE_EVENT(0, q_count - 1, 3);
   }
   if constexpr (CAUSAL) {
     finish_tiles(p);
@@ -199,6 +204,10 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
   };
   for (; tile < p.num_tiles; advance()) {
     const WorkTile w = decode_tile<CAUSAL, Traits::kBlkQ, Traits::kBlkK>(tile, p);
+    if (tid == 0) {
+      SAGE_TRACE_EVENT(1 + cw, q_count, 0);
+      SAGE_TRACE_VALUE(1 + cw, q_count, 6, w.n_k_tiles);
+    }
     const int wg_row0 = w.q_block * Traits::kBlkQ + cw * Traits::kRowsPerConsumer;
     const int row0 = wg_row0 + warp * 16 + g;
     if (w.n_k_tiles == 0) {
@@ -250,6 +259,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
     uint32_t pa[Traits::kPVSteps][4];
 
     mbar_wait(&sm.full_q, q_count & 1);
+    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count, 1);
     ++q_count;
 
     // One K tile. FIRST has no P.V of a previous tile to issue; keeping that a compile-time difference
@@ -296,6 +306,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         }
       };
       if constexpr (FIRST) wgmma_wait<0>(); else wgmma_wait<1>();  // QK(n) done; P.V(n-1) may run on
+      if (tid == 0) SAGE_TRACE_STEP(cw, q_count, n);
       fence_regs(s);
       if (lane == 0) {
         mbar_arrive(&sm.empty_k[stg]);
@@ -341,7 +352,9 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
     };
 
     step(0, std::true_type{});
+    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 2);
     for (int n = 1; n < w.n_k_tiles; ++n) step(n, std::false_type{});
+    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 3);
 
     // P.V of the last tile.
     {
@@ -356,6 +369,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       fence_p(pa);
       if (lane == 0) mbar_arrive(&sm.empty_v[last]);
     }
+    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
 #pragma unroll
     for (int i = 0; i < Traits::kPVRegs; ++i)
       acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
@@ -364,7 +378,9 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       named_barrier_sync(1 + cw, 128);  // every thread's piece of vc has landed
     }
     store_output<D, V_SMEM>(acc_o, st, p, w.b, w.h, row0, q, vc);
+    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 5);
   }
+  if (tid == 0) SAGE_TRACE_EVENT(1 + cw, kTraceSlots - 1, 7);
 }
 
 template <class Traits, bool CAUSAL, bool HAS_DS, bool NARROW, bool V_SMEM>
@@ -376,6 +392,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   auto& sm = *reinterpret_cast<typename Traits::Smem*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                        ~static_cast<uintptr_t>(1023));
   const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) SAGE_TRACE_EVENT(0, kTraceSlots - 1, 0);
   if (threadIdx.x == 0) {
     mbar_init(&sm.full_q, 1);
     mbar_init(&sm.empty_q, 4 * Traits::kConsumers);  // lane 0 of every consumer warp
@@ -401,6 +418,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // may start while the launch before it (another attention on the same buffers, when the kernel alone
   // is timed) is still running; the wait returns once that launch has completed, its reset included.
   pdl_wait();
+  if (threadIdx.x == 0) SAGE_TRACE_EVENT(0, kTraceSlots - 1, 1);
 
   if (wg == 0) {
     warpgroup_reg_dealloc<Traits::kProducerRegs>();
