@@ -113,12 +113,11 @@ def run_case(text: str, heads: int) -> None:
     import numpy as np
     import torch
 
+    from ab_variants import parse_case  # bench/, this script's folder
     from sage_cli.bench.inputs import Case, make_qkv
-    from sage_cli.cli import _sizes
     from sage_cli.kernels import ops
 
-    parts = text.split(":")
-    n, d, causal = _sizes(parts[0])[0], int(parts[1]), len(parts) > 2 and parts[2] == "causal"
+    n, d, causal = parse_case(text)
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev)
     gen.manual_seed(0)
