@@ -24,10 +24,11 @@ def inner() -> None:
 
     arch = kernels.status().arch
     fams = ["wgmma", "mma_sync"] if arch == "90a" else ["mma_sync"]
-    # the last: causal with more work tiles (48 x 3) than an H100 has SMs, so the dynamic scheduler hands
-    # tiles out after the first round
+    # the fourth: D=64 non-causal whose last 192-row Q block (sm90) passes the padded rows; the last: causal
+    # with more work tiles (48 heads x 3 Q blocks of 192 rows) than an H100 has SMs, so the dynamic scheduler
+    # hands tiles out after the first round
     shapes = [(1, 2, 1, 17, 127, 64, True), (2, 4, 2, 127, 300, 128, False), (1, 3, 3, 300, 1000, 128, True),
-              (1, 48, 8, 300, 1000, 64, True)]
+              (1, 4, 2, 1000, 300, 64, False), (1, 48, 8, 500, 1000, 64, True)]
     settings = [SageSettings(), SageSettings(qk_dtype="int4", smooth_q=True, smooth_v=True),
                 SageSettings(pv_dtype="fp16", granularity="per_warp"), SageSettings(smooth_v=True, granularity="per_block")]
     for b, hq, hkv, nq, nk, d, causal in shapes:

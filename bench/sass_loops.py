@@ -1,7 +1,7 @@
 """What ptxas made of the sm90 attention kernel's K-tile loop, without a GPU.
 
     python3 bench/sass_loops.py                    # every INT8/FP8 instance, permuted K order
-    python3 bench/sass_loops.py --filter "128, \\(sage::sm90::KOrder\\)0>, false"   # one family
+    python3 bench/sass_loops.py --filter "128, \\(sage::sm90::KOrder\\)0, 3>, false"   # one family
 
 Compiles csrc/sm90/attn_sm90.cu for sm_90a with the library's own flags, disassembles it with
 `cuobjdump -sass` (the `nvidia-cuda-cuobjdump` wheel carries one: `pip download --no-deps
@@ -33,7 +33,7 @@ from sage_cli.kernels import builder  # noqa: E402
 
 _INSTR = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _TARGET = re.compile(r"BRA\s.*?0x([0-9a-f]+)\s*$")
-_INSTANCE = re.compile(r"Sm90AttnTraits<(?:\(int\))?(\d+), \(sage::sm90::KOrder\)(\d)>((?:, (?:\(bool\))?\w+)+)>")
+_INSTANCE = re.compile(r"Sm90AttnTraits<(?:\(int\))?(\d+), \(sage::sm90::KOrder\)(\d), (?:\(int\))?(\d)>((?:, (?:\(bool\))?\w+)+)>")
 _FLAGS = ("causal", "ds", "narrow", "v_smem")  # sm90_attn_kernel's bool parameters, in order
 
 
@@ -98,7 +98,7 @@ def events(body) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--filter", default=r"KOrder\)0>", help="regex on the demangled kernel name")
+    ap.add_argument("--filter", default=r"KOrder\)0,", help="regex on the demangled kernel name")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sass = disassemble(Path(tmp))
@@ -107,8 +107,8 @@ def main() -> int:
             continue
         m = _INSTANCE.search(name)
         if m:
-            flags = [f.replace("(bool)", "").strip() for f in m.group(3).split(",")[1:]]
-            label = f"D={m.group(1)} " + " ".join(f"{k}={v}" for k, v in zip(_FLAGS, flags))
+            flags = [f.replace("(bool)", "").strip() for f in m.group(4).split(",")[1:]]
+            label = f"D={m.group(1)} consumers={m.group(3)} " + " ".join(f"{k}={v}" for k, v in zip(_FLAGS, flags))
         else:
             label = name[:80]
         spills = sum(("LDL" in t or "STL" in t) for _, t in ins)

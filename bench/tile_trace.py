@@ -21,7 +21,9 @@ launches after five warm-up ones) and runs it once more to read the stamps. Prin
                   [0, 0.5] (0: in step, 0.5: half a step apart), and the mean step time at each offset
 
 The stamps cost a little and move ptxas's allocation (more spills at D=128): compare traced builds with each
-other, and take speed from `sage bench`. Every figure is a distribution over the CTAs' tiles.
+other, and take speed from `sage bench`. Every figure is a distribution over the CTAs' tiles. Instances with
+three consumers (csrc/sm90/traits.cuh) are traced through their first two; their "last P.V" is 0 clocks (P.V
+is waited for inside each step).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ int make_maps(const SageAttnParams& p, CUtensorMap* tq, CUtensorMap* tk, CUtenso
   constexpr int D = Traits::D;
   const uint64_t bhq = static_cast<uint64_t>(p.batch) * p.heads_q;
   const uint64_t bhk = static_cast<uint64_t>(p.batch) * p.heads_kv;
-  {  // Q: [B*Hq][Nq_pad][D], box = one 128-row block.
+  {  // Q: [B*Hq][Nq_pad][D], box = one Q block (kBlkQ rows; those past Nq_pad read as zeros).
     const uint64_t dims[3] = {D, static_cast<uint64_t>(p.seq_q_pad), bhq};
     const uint64_t strides[2] = {D, static_cast<uint64_t>(p.seq_q_pad) * D};
     const uint32_t box[3] = {D, Traits::kBlkQ, 1};
@@ -65,9 +65,12 @@ int sm_count() {
   return n;
 }
 
-template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS, bool NARROW, bool V_SMEM>
-int launch(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t stream) {
-  using Traits = Sm90AttnTraits<D, ORDER>;
+template <int D, KOrder ORDER, int CONSUMERS, bool CAUSAL, bool HAS_DS, bool NARROW, bool V_SMEM>
+int launch(const SageAttnParams& p, const Sm90Params& params, cudaStream_t stream) {
+  using Traits = Sm90AttnTraits<D, ORDER, CONSUMERS>;
+  Sm90Params kp = params;  // the work tiles: Q blocks of this instance's kBlkQ rows
+  kp.num_q_blocks = (p.seq_q + Traits::kBlkQ - 1) / Traits::kBlkQ;
+  kp.num_tiles = p.batch * p.heads_q * kp.num_q_blocks;
   CUtensorMap tq, tk, tv;
   if (int r = make_maps<Traits>(p, &tq, &tk, &tv)) return r;
   auto kernel = sm90::sm90_attn_kernel<Traits, CAUSAL, HAS_DS, NARROW, V_SMEM>;
@@ -82,31 +85,52 @@ int launch(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t stream) {
 // The epilogue's V constants from shared memory (kernel.cuh, V_SMEM) pay where work tiles are short: measured
 // on an H200 at D=128 non-causal +1.9% (4k), +0.9% (8k), +0.5% (16k), but -0.4% at 32k and -1.1% at D=64
 // 32k (bench/NOTES.md), so only D=128 non-causal instances have it, for Nk up to kVSmemMaxKTiles K tiles
-// (and V constants 16-byte aligned, as its cp.async needs; the ABI asks for 8).
+// (and V constants 16-byte aligned, as its cp.async needs; the ABI asks for 8). Two-consumer instances only:
+// the three-consumer ones serve long sequences (three_consumers_pay).
 constexpr int kVSmemMaxKTiles = 128;
 
-template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS, bool NARROW>
+template <int D, KOrder ORDER, int CONSUMERS, bool CAUSAL, bool HAS_DS, bool NARROW>
 int dispatch_v_consts(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
-  if constexpr (D == 128 && !CAUSAL) {
-    if (p.seq_k_pad / Sm90AttnTraits<D, ORDER>::kBlkK <= kVSmemMaxKTiles && aligned16(p.v_scale) &&
+  if constexpr (CONSUMERS == 2 && !CAUSAL) {
+    if (p.seq_k_pad / Sm90AttnTraits<D, ORDER, CONSUMERS>::kBlkK <= kVSmemMaxKTiles && aligned16(p.v_scale) &&
         (!p.v_mean || aligned16(p.v_mean)))
-      return launch<D, ORDER, CAUSAL, HAS_DS, NARROW, true>(p, kp, s);
+      return launch<D, ORDER, CONSUMERS, CAUSAL, HAS_DS, NARROW, true>(p, kp, s);
   }
-  return launch<D, ORDER, CAUSAL, HAS_DS, NARROW, false>(p, kp, s);
+  return launch<D, ORDER, CONSUMERS, CAUSAL, HAS_DS, NARROW, false>(p, kp, s);
 }
 
-template <int D, KOrder ORDER, bool CAUSAL, bool HAS_DS>
+template <int D, KOrder ORDER, int CONSUMERS, bool CAUSAL, bool HAS_DS>
 int dispatch_narrow(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
-  return kp.narrow ? dispatch_v_consts<D, ORDER, CAUSAL, HAS_DS, true>(p, kp, s)
-                   : dispatch_v_consts<D, ORDER, CAUSAL, HAS_DS, false>(p, kp, s);
+  return kp.narrow ? dispatch_v_consts<D, ORDER, CONSUMERS, CAUSAL, HAS_DS, true>(p, kp, s)
+                   : dispatch_v_consts<D, ORDER, CONSUMERS, CAUSAL, HAS_DS, false>(p, kp, s);
+}
+
+template <int D, KOrder ORDER, int CONSUMERS, bool CAUSAL>
+int dispatch_ds(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
+  return p.ds ? dispatch_narrow<D, ORDER, CONSUMERS, CAUSAL, true>(p, kp, s)
+              : dispatch_narrow<D, ORDER, CONSUMERS, CAUSAL, false>(p, kp, s);
+}
+
+// D = 128 non-causal: three consumers (192-row Q blocks, each row faster) unless they cost the persistent grid
+// more rounds of Q rows than two (128-row blocks). B=1, H=32: at 4k 704 tiles are 6 rounds of 192 rows on
+// 132 SMs against 1024 = 8 rounds of 128 (1152 rows > 1024: two); at 32k 42 x 192 = 63 x 128 (three).
+// Causal tiles differ in length and are handed out dynamically, so rounds do not quantize them: three.
+bool three_consumers_pay(const SageAttnParams& p) {
+  const int64_t bh = static_cast<int64_t>(p.batch) * p.heads_q, sms = sm_count();
+  auto row_rounds = [&](int64_t blk_q) {
+    const int64_t tiles = bh * ((p.seq_q + blk_q - 1) / blk_q);
+    return (tiles + sms - 1) / sms * blk_q;
+  };
+  return row_rounds(192) <= row_rounds(128);
 }
 
 template <int D, KOrder ORDER>
 int dispatch_flags(const SageAttnParams& p, const Sm90Params& kp, cudaStream_t s) {
-  const bool ds = p.ds != nullptr;
-  if (p.causal)
-    return ds ? dispatch_narrow<D, ORDER, true, true>(p, kp, s) : dispatch_narrow<D, ORDER, true, false>(p, kp, s);
-  return ds ? dispatch_narrow<D, ORDER, false, true>(p, kp, s) : dispatch_narrow<D, ORDER, false, false>(p, kp, s);
+  if (p.causal) return dispatch_ds<D, ORDER, 3, true>(p, kp, s);
+  if constexpr (D == 128) {
+    if (!three_consumers_pay(p)) return dispatch_ds<D, ORDER, 2, false>(p, kp, s);
+  }
+  return dispatch_ds<D, ORDER, 3, false>(p, kp, s);
 }
 
 template <KOrder ORDER>
@@ -144,7 +168,7 @@ int validate(const SageAttnParams& p) {
 
 int sm90_attn_blk_k(int head_dim, int qk_type, int pv_type) {
   const bool ok = (head_dim == 64 || head_dim == 128) && qk_type == SAGE_QK_INT8 && pv_type == SAGE_PV_FP8;
-  return ok ? Sm90AttnTraits<128, KOrder::kPermuted>::kBlkK : 0;
+  return ok ? Sm90AttnTraits<128, KOrder::kPermuted, 2>::kBlkK : 0;
 }
 
 int sm90_attn_fwd_k_order(const SageAttnParams& p, cudaStream_t stream, int k_order) {
@@ -174,8 +198,6 @@ int sm90_attn_fwd_k_order(const SageAttnParams& p, cudaStream_t stream, int k_or
   kp.out_bf16 = p.dtype == SAGE_BF16;
   kp.nq_groups = num_q_groups(p.seq_q_pad, p.granularity);
   kp.nk_groups = num_k_groups(p.seq_k_pad, p.granularity);
-  kp.num_q_blocks = p.seq_q_pad / Sm90AttnTraits<128, KOrder::kPermuted>::kBlkQ;
-  kp.num_tiles = p.batch * p.heads_q * kp.num_q_blocks;
   kp.scale_log2 = p.sm_scale * 1.4426950408889634f;
 
   if (k_order == SM90_K_NATURAL) return dispatch<KOrder::kNatural>(p, kp, stream);

@@ -1,12 +1,18 @@
 // The warp-specialized sm90 attention kernel: INT8 QK^T by wgmma s8 (both operands from shared memory),
 // FP8 P.V by wgmma e4m3 (P from registers), TMA loads through an mbarrier pipeline.
 //
-// Roles (one CTA of 384 threads, persistent over work tiles; see tile_scheduler.cuh):
+// Roles (one CTA of 128 * (1 + kConsumers) threads, persistent over work tiles; see tile_scheduler.cuh):
 //   warpgroup 0, one thread: producer. Causal: draws the tiles and passes each index on with its Q block
 //     (dynamic scheduling, tile_scheduler.cuh). Loads the Q block once per tile, then K and V^T tiles into
 //     kStages slots (full/empty mbarrier pairs; K and V separately, since K frees after QK and V after
 //     P.V). Gives its registers to the consumers (setmaxnreg).
-//   warpgroups 1, 2: consumers, 64 Q rows each, running independently. Per K tile n:
+//   warpgroups 1..kConsumers: consumers, 64 Q rows each, running independently.
+//   Three consumers of 160 registers (D = 64, and D = 128 where the host picks them: traits.cuh), each
+//     wgmma waited for where it is issued. Per K tile n: QK(n), softmax(n), P(n).V(n), the fold of P.V(n)
+//     into acc_o (the two-level accumulation); at D = 64 QK(n+1) is issued before that fold, which its
+//     latency then covers. Three warps per scheduler hide each other's waits, where two consumers overlap
+//     P.V with the softmax instead.
+//   Two consumers of 240 registers (D = 128). Per K tile n:
 //       issue QK(n) -> S;  issue P(n-1).V(n-1) -> acc_pv            (two commit groups)
 //       wait QK(n) only; free the K slot
 //       softmax(n) (dequantize, mask, online max, exp2; the row sum comes from the P.V wgmma)
@@ -142,6 +148,17 @@ __device__ __forceinline__ void issue_qk(uint32_t (&s)[Traits::kSRegs], uint32_t
     wgmma_m64n128k32_s32_s8_ss(s, smem_desc(desc_q_lo + 2 * kk, hi), smem_desc(desc_k_lo + 2 * kk, hi), kk > 0);
 }
 
+// issue_qk into an accumulator whose old values are dead (kept across a loop's back edge: see
+// wgmma_m64n128k32_s32_s8_ss_overwrite).
+template <class Traits>
+__device__ __forceinline__ void issue_qk_overwrite(uint32_t (&s)[Traits::kSRegs], uint32_t desc_q_lo, uint32_t desc_k_lo) {
+  constexpr uint32_t hi = smem_desc_hi(Traits::kQKGroupStride, Traits::kQKSwizzle);
+  wgmma_m64n128k32_s32_s8_ss_overwrite(s, smem_desc(desc_q_lo, hi), smem_desc(desc_k_lo, hi));
+#pragma unroll
+  for (int kk = 1; kk < Traits::kQKSteps; ++kk)
+    wgmma_m64n128k32_s32_s8_ss(s, smem_desc(desc_q_lo + 2 * kk, hi), smem_desc(desc_k_lo + 2 * kk, hi), 1);
+}
+
 // The register A operand of an in-flight wgmma is read asynchronously: keep it live past the wait.
 template <int K>
 __device__ __forceinline__ void fence_p(uint32_t (&pa)[K][4]) {
@@ -238,10 +255,17 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         cp_async_16(smem_u32(vc + D + 4 * (tid - D / 4)), p.v_mean + kv_head * D + 4 * (tid - D / 4));
       cp_async_commit();
     }
+    // A 192-row block may pass the head's padded rows (traits.cuh): their scales are read from its last row
+    // instead (what they compute is never stored).
+    constexpr bool kClampRows = Traits::kBlkQ % SAGE_SEQ_PAD != 0;
     float q_sc[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) q_sc[i] = p.q_scale[q_head * p.nq_groups + q_group(row0 + 8 * i, p.granularity)] * c;
-    const float* ds_row = HAS_DS ? p.ds + (q_head * (p.seq_q_pad / 64) + wg_row0 / 64) * p.seq_k_pad : nullptr;
+    for (int i = 0; i < 2; ++i) {
+      const int r = kClampRows ? min(row0 + 8 * i, p.seq_q_pad - 1) : row0 + 8 * i;
+      q_sc[i] = p.q_scale[q_head * p.nq_groups + q_group(r, p.granularity)] * c;
+    }
+    const int ds_block = (kClampRows ? min(wg_row0, p.seq_q_pad - 64) : wg_row0) / 64;
+    const float* ds_row = HAS_DS ? p.ds + (q_head * (p.seq_q_pad / 64) + ds_block) * p.seq_k_pad : nullptr;
     // Tokens at or past this are masked for some row of this warpgroup (its first row sees the fewest).
     const int first_masked_tok = CAUSAL ? min(p.seq_k, wg_row0 + 1 + p.seq_k - p.seq_q) : p.seq_k;
 
@@ -262,6 +286,93 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
     if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count, 1);
     ++q_count;
 
+    // P(n).V(n) from V slot `slot` (phase `phase`), issued and waited for; the slot is then freed.
+    auto pv_waited = [&](int slot, uint32_t phase) {
+      mbar_wait(&sm.full_v[slot], phase);
+      wgmma_fence();
+      issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + slot * (Traits::kVStageBytes >> 4), NARROW);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc_pv);
+      fence_p(pa);  // P(n) stays allocated until its wgmma has read it
+      if (lane == 0) mbar_arrive(&sm.empty_v[slot]);
+    };
+    // scale[i][t] = q_scale(row i) * k_scale(slot t of K tile n) * sm_scale * log2(e) (softmax.cuh).
+    auto k_tile_scales = [&](int n, float(&scale)[2][4]) {
+      const bool per_thread = p.granularity == SAGE_PER_THREAD;
+      const int d1 = ORDER == KOrder::kPermuted && per_thread ? 1 : 0;  // the other slot of a 64-token half
+      const int d2 = per_thread ? 4 : 1;                                 // the next 64-token half
+      const float* ks = k_scale + n * (per_thread ? Traits::kBlkK / 16 : Traits::kBlkK / 64);
+      const float k4[4] = {__ldg(ks), __ldg(ks + d1), __ldg(ks + d2), __ldg(ks + d1 + d2)};
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        scale[0][t] = q_sc[0] * k4[t];
+        scale[1][t] = q_sc[1] * k4[t];
+      }
+    };
+
+    // Three consumers (traits.cuh): one K tile at a time, every wgmma waited for in the step that issues it
+    // (ptxas serializes wgmmas in flight across a loop's back edge). kQKAhead (D = 64): QK(n + 1) is issued
+    // at the end of step n, once P.V(n) is done and before P.V(n) is folded into acc_o, so that its latency
+    // covers the fold. At D = 128 its 64 registers beside the two 68-register accumulators do not fit 160
+    // (ptxas spills ~700 bytes, and as much with QK(n + 1) issued after the fold): QK(n) opens step n.
+    constexpr bool kQKAhead = D == 64;
+    uint32_t s_in[Traits::kSRegs];
+    float scale_in[2][4];
+    auto issue_qk_of = [&](int n) {
+      k_tile_scales(n, scale_in);
+      mbar_wait(&sm.full_k[stg], ph);
+      wgmma_fence();
+      // The overwrite form keeps s_in's dead values from living across the loop (D = 128: without it the
+      // loop spills); at D = 64 there is room, and the plain form measured 2% faster (bench/NOTES.md).
+      if constexpr (kQKAhead)
+        issue_qk<Traits>(s_in, desc_q_lo, desc_base_lo + kDescK + stg * (Traits::kKBytes >> 4));
+      else
+        issue_qk_overwrite<Traits>(s_in, desc_q_lo, desc_base_lo + kDescK + stg * (Traits::kKBytes >> 4));
+      wgmma_commit();
+    };
+    auto finish_qk_of = [&](int n) {
+      wgmma_wait<0>();
+      if (tid == 0) SAGE_TRACE_STEP(cw, q_count, n);
+      fence_regs(s_in);
+      if (lane == 0) {
+        mbar_arrive(&sm.empty_k[stg]);
+        if (n == w.n_k_tiles - 1) mbar_arrive(&sm.empty_q);  // the last read of this Q block
+      }
+    };
+    auto step_in_order = [&](int n, auto last_tag) {
+      constexpr bool LAST = decltype(last_tag)::value;  // kQKAhead: no QK(n + 1) to issue
+      if constexpr (!kQKAhead) {
+        issue_qk_of(n);
+        finish_qk_of(n);
+      }
+      TileColumns cols;
+      cols.tok0 = n * Traits::kBlkK;
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        cols.limit[i] = CAUSAL ? min(p.seq_k, row0 + 8 * i + 1 + p.seq_k - p.seq_q) : p.seq_k;
+      cols.ds = HAS_DS ? ds_row + cols.tok0 : nullptr;
+      float x[Traits::kSRegs];
+      if (cols.tok0 + Traits::kBlkK > first_masked_tok)
+        softmax_tile<ORDER, true, HAS_DS, D == 64>(s_in, x, st, scale_in, cols, c, q, [] {});
+      else
+        softmax_tile<ORDER, false, HAS_DS, D == 64>(s_in, x, st, scale_in, cols, c, q, [] {});
+      pack_p_fragment<ORDER>(x, pa, q);
+      if constexpr (NARROW) scale_rows(acc_pv, st.alpha);
+      pv_waited(stg, ph);
+      if (++stg == S) {
+        stg = 0;
+        ph ^= 1;
+      }
+      if constexpr (kQKAhead && !LAST) issue_qk_of(n + 1);
+      if constexpr (!NARROW) {
+#pragma unroll
+        for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_o[i] * st.alpha[(i >> 1) & 1] + acc_pv[i];
+      }
+      if constexpr (kQKAhead && !LAST) finish_qk_of(n + 1);
+      if (tid == 0 && n == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 2);
+    };
+
     // One K tile. FIRST has no P.V of a previous tile to issue; keeping that a compile-time difference
     // (rather than `if (n > 0)`) leaves no wgmma on a divergent path, which ptxas would serialize.
     auto step = [&](int n, auto first_tag) {
@@ -269,18 +380,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       const int prev = stg == 0 ? S - 1 : stg - 1;  // the previous tile's V slot (not FIRST)
       const uint32_t prev_ph = stg == 0 ? ph ^ 1 : ph;
       float scale[2][4];
-      {
-        const bool per_thread = p.granularity == SAGE_PER_THREAD;
-        const int d1 = ORDER == KOrder::kPermuted && per_thread ? 1 : 0;  // the other slot of a 64-token half
-        const int d2 = per_thread ? 4 : 1;                                 // the next 64-token half
-        const float* ks = k_scale + n * (per_thread ? Traits::kBlkK / 16 : Traits::kBlkK / 64);
-        const float k4[4] = {__ldg(ks), __ldg(ks + d1), __ldg(ks + d2), __ldg(ks + d1 + d2)};
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          scale[0][t] = q_sc[0] * k4[t];
-          scale[1][t] = q_sc[1] * k4[t];
-        }
-      }
+      k_tile_scales(n, scale);
 
       mbar_wait(&sm.full_k[stg], ph);
       // V(n-1) was loaded before K(n), so waiting for it here costs nothing, and it keeps the spin loop
@@ -351,28 +451,36 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       }
     };
 
+    if constexpr (!Traits::kOverlapPV) {
+      if constexpr (kQKAhead) {
+        issue_qk_of(0);
+        finish_qk_of(0);
+        for (int n = 0; n + 1 < w.n_k_tiles; ++n) step_in_order(n, std::false_type{});
+        step_in_order(w.n_k_tiles - 1, std::true_type{});
+      } else {
+        for (int n = 0; n < w.n_k_tiles; ++n) step_in_order(n, std::false_type{});
+      }
+      if (tid == 0) {
+        SAGE_TRACE_EVENT(1 + cw, q_count - 1, 3);
+        SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
+      }
+      if constexpr (NARROW) {
+#pragma unroll
+        for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_pv[i];
+      }
+    } else {
     step(0, std::true_type{});
     if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 2);
     for (int n = 1; n < w.n_k_tiles; ++n) step(n, std::false_type{});
     if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 3);
 
     // P.V of the last tile.
-    {
-      const int last = stg == 0 ? S - 1 : stg - 1;
-      const uint32_t last_ph = stg == 0 ? ph ^ 1 : ph;
-      mbar_wait(&sm.full_v[last], last_ph);
-      wgmma_fence();
-      issue_pv<Traits>(acc_pv, pa, desc_base_lo + kDescV + last * (Traits::kVStageBytes >> 4), NARROW);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(acc_pv);
-      fence_p(pa);
-      if (lane == 0) mbar_arrive(&sm.empty_v[last]);
-    }
+    pv_waited(stg == 0 ? S - 1 : stg - 1, stg == 0 ? ph ^ 1 : ph);
     if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
 #pragma unroll
     for (int i = 0; i < Traits::kPVRegs; ++i)
       acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
+    }  // kOverlapPV
     if constexpr (V_SMEM) {
       cp_async_wait<0>();
       named_barrier_sync(1 + cw, 128);  // every thread's piece of vc has landed

@@ -21,7 +21,7 @@ struct Sm90Params {
   int narrow;       // 1: SAGE_PV_NARROW (one wgmma accumulator for the whole row)
   int out_bf16;     // 1: O is bf16, 0: fp16
   int nq_groups, nk_groups;
-  int num_q_blocks;  // Nq_pad / 128
+  int num_q_blocks;  // ceil(Nq / kBlkQ) (traits.cuh)
   int num_tiles;     // B * Hq * num_q_blocks
   float scale_log2;  // sm_scale * log2(e)
 };

@@ -12,6 +12,8 @@
 //     6 the tile's K-tile count (a value, not a clock); slot kTraceSlots - 1, event 7: the consumer's exit.
 // g_trace_steps[cta][consumer][n]: the clock at which K step n's QK wait returned, in each CTA's second
 //   tile, n < kTraceSteps.
+// Instances with three consumers (traits.cuh) stamp their first two only; event 4 (the last P.V) is then
+// the last K step's end, as their P.V is waited for inside the step.
 #pragma once
 
 #ifdef SAGE_TRACE
@@ -21,7 +23,7 @@ __device__ unsigned long long g_trace[kTraceCtas * 3 * kTraceSlots * 8];
 __device__ unsigned long long g_trace_steps[kTraceCtas * 2 * kTraceSteps];
 
 __device__ __forceinline__ void trace_put(int role, int slot, int event, unsigned long long v) {
-  if (blockIdx.x < kTraceCtas)
+  if (blockIdx.x < kTraceCtas && role < 3)  // a third consumer (traits.cuh) is not traced
     g_trace[((blockIdx.x * 3 + role) * kTraceSlots + min(slot, kTraceSlots - 1)) * 8 + event] = v;
 }
 }  // namespace sage::sm90
@@ -29,7 +31,8 @@ __device__ __forceinline__ void trace_put(int role, int slot, int event, unsigne
 #define SAGE_TRACE_VALUE(role, slot, event, v) ::sage::sm90::trace_put((role), (slot), (event), (v))
 #define SAGE_TRACE_STEP(cw, tile_count, n)                                                              \
   do {                                                                                                  \
-    if ((tile_count) == 2 && (n) < ::sage::sm90::kTraceSteps && blockIdx.x < ::sage::sm90::kTraceCtas) \
+    if ((tile_count) == 2 && (n) < ::sage::sm90::kTraceSteps && blockIdx.x < ::sage::sm90::kTraceCtas && \
+        (cw) < 2)                                                                                       \
       ::sage::sm90::g_trace_steps[(blockIdx.x * 2 + (cw)) * ::sage::sm90::kTraceSteps + (n)] = clock64(); \
   } while (0)
 #else

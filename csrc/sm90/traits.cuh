@@ -1,11 +1,11 @@
 // Tile sizes, register budgets and the shared-memory layout of the sm90 attention kernel, in one place.
 //
-// One CTA = 3 warpgroups: a producer (TMA loads, few registers) and two consumers of 64 Q rows each
-// (BLK_Q = 128), so each consumer's QK tile is one wgmma m64n128 and its P.V one m64nD.
-// Why BLK_K = 128 at both head dims: the S accumulator (64 regs), the P.V block accumulator (D/2 + 4),
-// the fp32 output accumulator of the two-level scheme (D/2 + 4) and P in FP8 (16) must all live at once
-// while the P.V wgmma of the previous tile overlaps this tile's softmax; at D = 128 that is 216 of the 240
-// registers a consumer gets, and ptxas spills ~100 bytes (measured faster than not overlapping anyway).
+// One CTA = a producer warpgroup (TMA loads, few registers) and two or three consumers of 64 Q rows each
+// (BLK_Q = 128 or 192), so each consumer's QK tile is one wgmma m64n128 and its P.V one m64n(D+8).
+// Why BLK_K = 128 at both head dims: the S accumulator (64 regs), the P.V block accumulator (D/2 + 4) and
+// the fp32 output accumulator of the two-level scheme (D/2 + 4) must live at once; with two consumers P in
+// FP8 (16) too, while the P.V wgmma of the previous tile overlaps this tile's softmax: at D = 128 that is
+// 216 of the 240 registers such a consumer gets, and ptxas spills ~100 bytes.
 #pragma once
 #include <cuda.h>
 #include <stdint.h>
@@ -20,21 +20,30 @@ namespace sage::sm90 {
 //   kNatural:  plain token order; P is moved into A-fragment order with four shuffles per k-step.
 enum class KOrder : int { kPermuted = 0, kNatural = 1 };
 
-template <int HEAD_DIM, KOrder K_ORDER>
+// CONSUMERS: consumer warpgroups of 64 Q rows each.
+//   3: 160 registers each, every wgmma waited for where it is issued (P.V in flight through the softmax
+//      needs ~205 registers at D = 64): three warps per scheduler hide each other's waits. D = 64 always;
+//      D = 128 causal, and non-causal when 192-row Q blocks cost the grid no more rounds (attn_sm90.cu).
+//   2: 240 registers each, P.V(n-1) overlapping softmax(n) (D = 128 only; kernel.cuh).
+template <int HEAD_DIM, KOrder K_ORDER, int CONSUMERS>
 struct Sm90AttnTraits {
   static constexpr int D = HEAD_DIM;
   static constexpr KOrder kKOrder = K_ORDER;
   static_assert(D == 64 || D == 128, "sm90 attention serves head dims 64 and 128");
+  static_assert(CONSUMERS == 3 || (CONSUMERS == 2 && D == 128), "two consumers: D = 128 only");
 
-  static constexpr int kConsumers = 2;
+  static constexpr int kConsumers = CONSUMERS;
+  static constexpr bool kOverlapPV = kConsumers == 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kRowsPerConsumer = 64;
-  static constexpr int kBlkQ = kRowsPerConsumer * kConsumers;  // 128 = SAGE_SEQ_PAD: tiles never straddle heads
+  // 128 (= SAGE_SEQ_PAD: a Q block never passes its head's padded rows) or 192 (the last block of a head
+  // may: the TMA fills those rows with zeros, and their scale reads are clamped in kernel.cuh).
+  static constexpr int kBlkQ = kRowsPerConsumer * kConsumers;
   static constexpr int kBlkK = 128;
   static constexpr int kStages = D == 128 ? 3 : 4;  // K and V tiles in flight (1 CTA per SM either way)
 
-  static constexpr int kProducerRegs = 24;   // the producer only issues TMA
-  static constexpr int kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K registers
+  static constexpr int kProducerRegs = 24;                          // the producer only issues TMA
+  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 240;  // 128 * 24 + 128 * kConsumers * regs <= 64K
 
   static constexpr int kQKSteps = D / 32;      // k32 steps of the int8 QK wgmma
   static constexpr int kPVSteps = kBlkK / 32;  // k32 steps of the e4m3 P.V wgmma
