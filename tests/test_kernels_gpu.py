@@ -231,6 +231,18 @@ def test_causal_many_tiles_matches_spec_and_repeats(arch, poisoned, case):
         assert torch.equal(ops.attention_only(prep), first)
 
 
+@pytest.mark.parametrize("smooth_v", [False, True])
+def test_wgmma_d128_three_consumers_non_causal(arch, poisoned, smooth_v):
+    """D=128 non-causal runs three consumers (192-row Q blocks) only where they cost the persistent grid no more
+    rounds of rows than two (csrc/sm90/attn_sm90.cu, three_consumers_pay), which small shapes never do. With
+    SMs // 3 heads of 500 rows, the 192-row tiles fit one round and the 128-row ones need two, on any SM count;
+    the last 192-row block also passes the padded rows (512)."""
+    if arch != "90a":
+        pytest.skip("sm_90a kernel")
+    heads = torch.cuda.get_device_properties(0).multi_processor_count // 3
+    _attn_check(arch, "wgmma", (1, heads, 1, 500, 700, 128, False, "HND", torch.bfloat16), SageSettings(smooth_v=smooth_v))
+
+
 @pytest.mark.parametrize("nk", [16384, 16385])
 @pytest.mark.parametrize("smooth_v", [False, True])
 def test_wgmma_epilogue_both_sides_of_the_v_constants_cut(arch, poisoned, nk, smooth_v):
