@@ -121,7 +121,8 @@ bool three_consumers_pay(const SageAttnParams& p) {
     const int64_t tiles = bh * ((p.seq_q + blk_q - 1) / blk_q);
     return (tiles + sms - 1) / sms * blk_q;
   };
-  return row_rounds(192) <= row_rounds(128);
+  return row_rounds(Sm90AttnTraits<128, KOrder::kPermuted, 3>::kBlkQ) <=
+         row_rounds(Sm90AttnTraits<128, KOrder::kPermuted, 2>::kBlkQ);
 }
 
 template <int D, KOrder ORDER>
