@@ -469,18 +469,18 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_pv[i];
       }
     } else {
-    step(0, std::true_type{});
-    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 2);
-    for (int n = 1; n < w.n_k_tiles; ++n) step(n, std::false_type{});
-    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 3);
+      step(0, std::true_type{});
+      if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 2);
+      for (int n = 1; n < w.n_k_tiles; ++n) step(n, std::false_type{});
+      if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 3);
 
-    // P.V of the last tile.
-    pv_waited(stg == 0 ? S - 1 : stg - 1, stg == 0 ? ph ^ 1 : ph);
-    if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
+      // P.V of the last tile.
+      pv_waited(stg == 0 ? S - 1 : stg - 1, stg == 0 ? ph ^ 1 : ph);
+      if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
 #pragma unroll
-    for (int i = 0; i < Traits::kPVRegs; ++i)
-      acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
-    }  // kOverlapPV
+      for (int i = 0; i < Traits::kPVRegs; ++i)
+        acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
+    }
     if constexpr (V_SMEM) {
       cp_async_wait<0>();
       named_barrier_sync(1 + cw, 128);  // every thread's piece of vc has landed
