@@ -76,7 +76,8 @@ int launch(const SageAttnParams& p, const Sm90Params& params, cudaStream_t strea
   auto kernel = sm90::sm90_attn_kernel<Traits, CAUSAL, HAS_DS, NARROW, V_SMEM>;
   SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(Traits::kSmemBytes)));
-  const int grid = kp.num_tiles < sm_count() ? kp.num_tiles : sm_count();
+  const int sms = sm_count();
+  const int grid = kp.num_tiles < sms ? kp.num_tiles : sms;
   SAGE_CUDA_TRY(launch_pdl(kernel, grid, Traits::kThreads, Traits::kSmemBytes, stream, tq, tk, tv, kp));
   SAGE_CHECK_LAUNCH("sm90_attn_kernel");
   return SAGE_OK;

@@ -286,6 +286,27 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
     if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count, 1);
     ++q_count;
 
+    // acc_o <- acc_o * alpha + acc_pv: the two-level accumulation of one tile's P.V.
+    auto fold_into_o = [&](const float(&alpha)[2]) {
+#pragma unroll
+      for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_o[i] * alpha[(i >> 1) & 1] + acc_pv[i];
+    };
+    // K tile n's columns for this thread's rows g, g+8 (causal: bottom-right aligned diagonal).
+    auto tile_columns = [&](int n) {
+      TileColumns cols;
+      cols.tok0 = n * Traits::kBlkK;
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        cols.limit[i] = CAUSAL ? min(p.seq_k, row0 + 8 * i + 1 + p.seq_k - p.seq_q) : p.seq_k;
+      cols.ds = HAS_DS ? ds_row + cols.tok0 : nullptr;
+      return cols;
+    };
+    auto next_slot = [&]() {
+      if (++stg == S) {
+        stg = 0;
+        ph ^= 1;
+      }
+    };
     // P(n).V(n) from V slot `slot` (phase `phase`), issued and waited for; the slot is then freed.
     auto pv_waited = [&](int slot, uint32_t phase) {
       mbar_wait(&sm.full_v[slot], phase);
@@ -346,12 +367,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         issue_qk_of(n);
         finish_qk_of(n);
       }
-      TileColumns cols;
-      cols.tok0 = n * Traits::kBlkK;
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-        cols.limit[i] = CAUSAL ? min(p.seq_k, row0 + 8 * i + 1 + p.seq_k - p.seq_q) : p.seq_k;
-      cols.ds = HAS_DS ? ds_row + cols.tok0 : nullptr;
+      const TileColumns cols = tile_columns(n);
       float x[Traits::kSRegs];
       if (cols.tok0 + Traits::kBlkK > first_masked_tok)
         softmax_tile<ORDER, true, HAS_DS, D == 64>(s_in, x, st, scale_in, cols, c, q, [] {});
@@ -360,15 +376,9 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       pack_p_fragment<ORDER>(x, pa, q);
       if constexpr (NARROW) scale_rows(acc_pv, st.alpha);
       pv_waited(stg, ph);
-      if (++stg == S) {
-        stg = 0;
-        ph ^= 1;
-      }
+      next_slot();
       if constexpr (kQKAhead && !LAST) issue_qk_of(n + 1);
-      if constexpr (!NARROW) {
-#pragma unroll
-        for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_o[i] * st.alpha[(i >> 1) & 1] + acc_pv[i];
-      }
+      if constexpr (!NARROW) fold_into_o(st.alpha);
       if constexpr (kQKAhead && !LAST) finish_qk_of(n + 1);
       if (tid == 0 && n == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 2);
     };
@@ -400,10 +410,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         fence_regs(acc_pv);
         fence_p(pa);  // P(n-1) stays allocated until its wgmma has read it
         if (lane == 0) mbar_arrive(&sm.empty_v[prev]);
-        if constexpr (!NARROW) {
-#pragma unroll
-          for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
-        }
+        if constexpr (!NARROW) fold_into_o(alpha_prev);
       };
       if constexpr (FIRST) wgmma_wait<0>(); else wgmma_wait<1>();  // QK(n) done; P.V(n-1) may run on
       if (tid == 0) SAGE_TRACE_STEP(cw, q_count, n);
@@ -413,12 +420,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         if (n == w.n_k_tiles - 1) mbar_arrive(&sm.empty_q);  // the last read of this Q block
       }
 
-      TileColumns cols;
-      cols.tok0 = n * Traits::kBlkK;
-#pragma unroll
-      for (int i = 0; i < 2; ++i)  // rows g, g+8 (causal: bottom-right aligned diagonal)
-        cols.limit[i] = CAUSAL ? min(p.seq_k, row0 + 8 * i + 1 + p.seq_k - p.seq_q) : p.seq_k;
-      cols.ds = HAS_DS ? ds_row + cols.tok0 : nullptr;
+      const TileColumns cols = tile_columns(n);
       float x[Traits::kSRegs];
       // Where P.V(n-1) is finished: kFoldEarly between the row maxima and the exp2s (it has had the QK
       // wait and the maxima to run), so that its 68 FMAs fill the exp2 loop's idle issue slots and its
@@ -445,10 +447,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       pack_p_fragment<ORDER>(x, pa, q);
       alpha_prev[0] = st.alpha[0];
       alpha_prev[1] = st.alpha[1];
-      if (++stg == S) {
-        stg = 0;
-        ph ^= 1;
-      }
+      next_slot();
     };
 
     if constexpr (!Traits::kOverlapPV) {
@@ -464,7 +463,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         SAGE_TRACE_EVENT(1 + cw, q_count - 1, 3);
         SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
       }
-      if constexpr (NARROW) {
+      if constexpr (NARROW) {  // the one accumulator holds the whole row
 #pragma unroll
         for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_pv[i];
       }
