@@ -60,6 +60,8 @@ OP_KERNEL(k_i2f, int, (int)threadIdx.x + c, v[c] = __float_as_int(i2f_rn(w)))
 // The magic-number conversion's integer half: bits(x + 0x4B400000) is 12582912 + x as a float.
 OP_KERNEL(k_iadd, int, (int)threadIdx.x + c, v[c] = iadd_v(v[c], w))
 OP_KERNEL(k_imax, int, (int)threadIdx.x + c, v[c] = imax_v(v[c] ^ 1, w))
+// Three-input integer max (a Hopper DPX instruction): the row maxima take two scores per instruction with it.
+OP_KERNEL(k_imax3, int, (int)threadIdx.x + c, v[c] = __vimax3_s32(v[c], w, v[(c + 2) % kChains]))
 OP_KERNEL(k_ffma, float, 1.f + c, v[c] = ffma_v(v[c], 0.999f, w))
 OP_KERNEL(k_fadd, float, 1.f + c, v[c] = v[c] + w)
 OP_KERNEL(k_fmax, float, 1.f + c, v[c] = fmax_v(-v[c], w))
@@ -93,6 +95,7 @@ int main() {
     RUN(k_i2f, int, "I2FP.F32.S32 (cvt.rn.f32.s32)")
     RUN(k_iadd, int, "IADD (int add)")
     RUN(k_imax, int, "IMNMX (max.s32; + a LOP3 per step)")
+    RUN(k_imax3, int, "VIMNMX3 (__vimax3_s32)")
     RUN(k_ffma, float, "FFMA")
     RUN(k_fadd, float, "FADD")
     RUN(k_fmax, float, "FMNMX (max.f32 of a negation)")
