@@ -37,15 +37,16 @@ _INSTANCE = re.compile(r"Sm90AttnTraits<(?:\(int\))?(\d+), \(sage::sm90::KOrder\
 _FLAGS = ("causal", "ds", "narrow", "v_smem")  # sm90_attn_kernel's bool parameters, in order
 
 
-def disassemble(out_dir: Path) -> str:
-    """SASS of the sm_90a attention translation unit, demangled."""
+def disassemble(out_dir: Path, root: Path | None = None) -> str:
+    """SASS of the sm_90a attention translation unit of `root` (default: the library's csrc/), demangled."""
     for tool in ("cuobjdump", "c++filt"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found on PATH (see this script's docstring)")
-    src = builder.csrc_dir() / "sm90" / "attn_sm90.cu"
+    root = root or builder.csrc_dir()
+    src = root / "sm90" / "attn_sm90.cu"
     cubin = out_dir / "attn_sm90.cubin"
     nvcc = builder.find_nvcc()
-    subprocess.run([str(nvcc), *builder.flags("90a"), "-cubin", str(src), "-o", str(cubin)], check=True)
+    subprocess.run([str(nvcc), *builder.flags("90a", root), "-cubin", str(src), "-o", str(cubin)], check=True)
     sass = subprocess.run(["cuobjdump", "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
     return subprocess.run(["c++filt"], input=sass, check=True, capture_output=True, text=True).stdout
 
@@ -96,6 +97,16 @@ def events(body) -> str:
     return " ".join(out)
 
 
+def label(name: str) -> str:
+    """'D=128 consumers=3 causal=false ...' for an attention kernel instance, else the name's start."""
+    m = _INSTANCE.search(name)
+    if not m:
+        return name[:80]
+    flags = [f.replace("(bool)", "").strip() for f in m.group(4).split(",")[1:]]
+    return (f"D={m.group(1)} order={m.group(2)} consumers={m.group(3)} "
+            + " ".join(f"{k}={v}" for k, v in zip(_FLAGS, flags)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--filter", default=r"KOrder\)0,", help="regex on the demangled kernel name")
@@ -105,14 +116,8 @@ def main() -> int:
     for name, ins in instances(sass):
         if "sm90_attn_kernel" not in name or not re.search(args.filter, name):
             continue
-        m = _INSTANCE.search(name)
-        if m:
-            flags = [f.replace("(bool)", "").strip() for f in m.group(4).split(",")[1:]]
-            label = f"D={m.group(1)} consumers={m.group(3)} " + " ".join(f"{k}={v}" for k, v in zip(_FLAGS, flags))
-        else:
-            label = name[:80]
         spills = sum(("LDL" in t or "STL" in t) for _, t in ins)
-        print(f"{label}  (LDL/STL in the whole kernel: {spills})")
+        print(f"{label(name)}  (LDL/STL in the whole kernel: {spills})")
         for body in tile_loops(ins):
             count = lambda s: sum(s in t for _, t in body)  # noqa: E731
             print(f"  loop {body[0][0]:#x}-{body[-1][0]:#x}: {len(body)} instructions, LDL {count('LDL')}, "
