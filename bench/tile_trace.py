@@ -16,14 +16,18 @@ launches after five warm-up ones) and runs it once more to read the stamps. Prin
   epilogue        last P.V -> O and LSE stored
   gap             epilogue end -> the next tile's start
   tile overhead   tile time - K tiles x per-step, in clocks and in steps
-  consumer skew   |consumer 0 - consumer 1| at their last K steps
-  phase           per K step of each CTA's second tile: the two consumers' offset in steps, folded into
-                  [0, 0.5] (0: in step, 0.5: half a step apart), and the mean step time at each offset
+  consumer skew   the spread of the consumers' last K steps (latest - earliest)
+  phase           per K step of each CTA's second tile: how far apart the consumers' QK waits return, as
+                  the closest pair's offset in steps on the circle of one step (0: two consumers in step;
+                  1/2 with two consumers, 1/3 with three: evenly spread), and the mean step time at each
+  segments        per K step n of the second tile: QK(n) wait -> P.V(n) wait, and P.V(n) wait -> QK(n+1)
+                  wait. Three consumers: softmax + P.V, then the fold + the next QK. Two: P.V(n) is waited
+                  for in step n + 1, after QK(n + 1), so the second segment is negative
 
 The stamps cost a little and move ptxas's allocation (more spills at D=128): compare traced builds with each
-other, and take speed from `sage bench`. Every figure is a distribution over the CTAs' tiles. Instances with
-three consumers (csrc/sm90/traits.cuh) are traced through their first two; their "last P.V" is 0 clocks (P.V
-is waited for inside each step).
+other, and take speed from `sage bench`. Every figure is a distribution over the CTAs' tiles and over the
+consumers (two or three, csrc/sm90/traits.cuh); with three, "last P.V" is 0 clocks (P.V is waited for inside
+each step).
 """
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CTAS, SLOTS, STEPS = 160, 80, 64  # csrc/sm90/trace.cuh
+CTAS, ROLES, SLOTS, STEPS = 160, 4, 80, 64  # csrc/sm90/trace.cuh
 PRODUCER, START, QWAIT, FIRST, LAST, LAST_PV, EPILOGUE, K_TILES, EXIT = 0, 0, 1, 2, 3, 4, 5, 6, 7
+QK, PV = 0, 1  # the two stamps of a K step (g_trace_steps)
 
 
 def traced_csrc(src: Path, dst: Path) -> Path:
@@ -58,13 +63,19 @@ def quantiles(x) -> str:
     return f"median {np.median(x):7.0f}  mean {x.mean():7.0f}  p90 {np.percentile(x, 90):7.0f}"
 
 
-def report(tiles, steps, ncta: int) -> None:
+def consumer_roles(tiles, ncta: int) -> list[int]:
+    """The roles (1..3) of the consumers that stamped a tile."""
+    return [r for r in range(1, ROLES) if tiles[:ncta, r, :, START].any()]
+
+
+def tile_rows(tiles, ncta: int) -> dict:
+    """Per consumer tile (two K tiles or more, finished): each segment of its time, in clocks."""
     import numpy as np
 
-    rows = {k: [] for k in ("q wait", "first step", "last P.V", "epilogue", "gap")}
-    per_step, k_tiles, tile_time, skew = [], [], [], []
+    rows = {k: [] for k in ("q wait", "first step", "last P.V", "epilogue", "gap", "per-step", "k tiles", "tile time")}
+    roles = consumer_roles(tiles, ncta)
     for c in range(ncta):
-        for role in (1, 2):
+        for role in roles:
             for s in range(SLOTS - 1):
                 ev = tiles[c, role, s]
                 if ev[START] == 0:
@@ -79,36 +90,82 @@ def report(tiles, steps, ncta: int) -> None:
                 nxt = tiles[c, role, s + 1, START]
                 if nxt:
                     rows["gap"].append(nxt - ev[EPILOGUE])
-                per_step.append((ev[LAST] - ev[FIRST]) / (n - 1))
-                k_tiles.append(n)
-                tile_time.append(ev[EPILOGUE] - ev[START])
+                rows["per-step"].append((ev[LAST] - ev[FIRST]) / (n - 1))
+                rows["k tiles"].append(n)
+                rows["tile time"].append(ev[EPILOGUE] - ev[START])
+    skew = []
+    for c in range(ncta):
         for s in range(SLOTS - 1):
-            a, b = tiles[c, 1, s], tiles[c, 2, s]
-            if not (a[EPILOGUE] and b[EPILOGUE]):
+            ev = tiles[c, roles, s]
+            if not ev[:, EPILOGUE].all():
                 break
-            skew.append(abs(a[LAST] - b[LAST]))
-    step = float(np.median(per_step))
-    print(f"  per-step      {quantiles(per_step)}   (K tiles a tile: median {np.median(k_tiles):.0f})")
-    for name, x in rows.items():
-        print(f"  {name:13s} {quantiles(x)}   = {np.mean(x) / step:.2f} steps")
-    over = np.asarray(tile_time) - np.asarray(k_tiles) * step
-    print(f"  tile overhead {quantiles(over)}   = {over.mean() / step:.2f} steps")
-    print(f"  consumer skew {quantiles(skew)}   = {np.mean(skew) / step:.2f} steps")
-    # The two consumers' K steps in each CTA's second tile (its K-tile count varies with the CTA when causal).
-    c0, c1 = steps[:ncta, 0], steps[:ncta, 1]
-    seen = (c0 != 0) & (c1 != 0)
-    pair = seen[:, 1:] & seen[:, :-1]  # step n - 1 -> n stamped by both consumers
-    if not pair.any():
-        return
-    dt = (np.diff(c0, axis=1) + np.diff(c1, axis=1)) / 2
-    ps = float(np.median(dt[pair]))
-    phase = ((c1 - c0) / ps) % 1.0
-    dist = np.minimum(phase, 1.0 - phase)[:, 1:]
-    print(f"  phase (K steps of each CTA's second tile, {int(pair.sum())} in all; step median {ps:.0f}):")
-    for lo in (0.0, 0.1, 0.2, 0.3, 0.4):
-        m = pair & (dist >= lo) & ((dist < lo + 0.1) if lo < 0.4 else (dist <= 0.5))
+            skew.append(ev[:, LAST].max() - ev[:, LAST].min())
+    rows["skew"] = skew
+    return {k: np.asarray(v, dtype=float) for k, v in rows.items()}
+
+
+def phase_table(qk, bins: int = 5):
+    """qk[cta, consumer, n]: the clock of each consumer's K step n (0: not stamped). Returns the median step
+    and, per bin of the closest pair's offset (in steps, on the circle of one step; at most 1/consumers):
+    (low, high, K steps, mean step time)."""
+    import numpy as np
+
+    k = qk.shape[1]
+    seen = (qk != 0).all(axis=1)
+    both = seen[:, 1:] & seen[:, :-1]  # step n - 1 -> n stamped by every consumer
+    if not both.any():
+        return None, []
+    dt = np.diff(qk, axis=2).mean(axis=1)
+    step = float(np.median(dt[both]))
+    phases = np.sort(((qk - qk[:, :1]) / step) % 1.0, axis=1)  # consumer 0 at 0
+    gaps = np.diff(np.concatenate([phases, phases[:, :1] + 1.0], axis=1), axis=1)
+    closest = gaps.min(axis=1)[:, 1:]  # aligned with dt: the step that ends at n
+    top = 1.0 / k
+    out = []
+    for i in range(bins):
+        lo, hi = top * i / bins, top * (i + 1) / bins
+        m = both & (closest >= lo - 1e-9) & ((closest < hi) if i < bins - 1 else (closest <= hi + 1e-9))
         if m.any():
-            print(f"    offset {lo:.1f}-{lo + 0.1:.1f}: {int(m.sum()):6d} steps, mean step {dt[m].mean():6.0f}")
+            out.append((lo, hi, int(m.sum()), float(dt[m].mean())))
+    return step, out
+
+
+def step_segments(steps) -> tuple:
+    """steps[cta, consumer, n, (QK, PV)]: the medians of QK(n) -> P.V(n) and P.V(n) -> QK(n + 1), in clocks."""
+    import numpy as np
+
+    qk, pv = steps[..., QK], steps[..., PV]
+    first = (qk != 0) & (pv != 0)
+    second = first[..., :-1] & (qk[..., 1:] != 0)
+    a = (pv - qk)[first]
+    b = (qk[..., 1:] - pv[..., :-1])[second]
+    med = lambda x: float(np.median(x)) if x.size else float("nan")  # noqa: E731
+    return med(a), med(b)
+
+
+def report(tiles, steps, ncta: int) -> None:
+    import numpy as np
+
+    rows = tile_rows(tiles, ncta)
+    k = len(consumer_roles(tiles, ncta))
+    step = float(np.median(rows["per-step"]))
+    print(f"  per-step      {quantiles(rows['per-step'])}   (K tiles a tile: median {np.median(rows['k tiles']):.0f}, "
+          f"{k} consumers)")
+    for name in ("q wait", "first step", "last P.V", "epilogue", "gap"):
+        x = rows[name]
+        print(f"  {name:13s} {quantiles(x)}   = {x.mean() / step:.2f} steps")
+    over = rows["tile time"] - rows["k tiles"] * step
+    print(f"  tile overhead {quantiles(over)}   = {over.mean() / step:.2f} steps")
+    print(f"  consumer skew {quantiles(rows['skew'])}   = {rows['skew'].mean() / step:.2f} steps")
+    ps, table = phase_table(steps[:ncta, :k, :, QK])
+    if ps is None:
+        return
+    print(f"  phase (K steps of each CTA's second tile, {sum(t[2] for t in table)} in all; step median {ps:.0f}; "
+          f"closest pair's offset, {1 / k:.2f} = evenly spread):")
+    for lo, hi, count, mean in table:
+        print(f"    offset {lo:.2f}-{hi:.2f}: {count:6d} steps, mean step {mean:6.0f}")
+    a, b = step_segments(steps[:ncta, :k])
+    print(f"  segments      QK(n) -> P.V(n) {a:6.0f}   P.V(n) -> QK(n+1) {b:6.0f}   (medians, clocks)")
 
 
 def run_case(text: str, heads: int) -> None:
@@ -142,12 +199,12 @@ def run_case(text: str, heads: int) -> None:
     assert lib.sage_trace_clear() == 0
     ops.attention_only(prep)
     torch.cuda.synchronize()
-    tiles = np.zeros(CTAS * 3 * SLOTS * 8, dtype=np.uint64)
-    steps = np.zeros(CTAS * 2 * STEPS, dtype=np.uint64)
+    tiles = np.zeros(CTAS * ROLES * SLOTS * 8, dtype=np.uint64)
+    steps = np.zeros(CTAS * (ROLES - 1) * STEPS * 2, dtype=np.uint64)
     assert lib.sage_trace_read(ctypes.c_void_p(tiles.ctypes.data), ctypes.c_size_t(tiles.nbytes),
                                ctypes.c_void_p(steps.ctypes.data), ctypes.c_size_t(steps.nbytes)) == 0
-    tiles = tiles.reshape(CTAS, 3, SLOTS, 8).astype(np.int64)
-    steps = steps.reshape(CTAS, 2, STEPS).astype(np.int64)
+    tiles = tiles.reshape(CTAS, ROLES, SLOTS, 8).astype(np.int64)
+    steps = steps.reshape(CTAS, ROLES - 1, STEPS, 2).astype(np.int64)
     ncta = int((tiles[:, PRODUCER, SLOTS - 1, START] != 0).sum())
     print(f"\n{text}: kernel alone {ms:.3f} ms ({tops:.0f} TOPS, traced build), grid {ncta}; SM clocks:")
     report(tiles, steps, ncta)

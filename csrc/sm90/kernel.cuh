@@ -376,6 +376,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       pack_p_fragment<ORDER>(x, pa, q);
       if constexpr (NARROW) scale_rows(acc_pv, st.alpha);
       pv_waited(stg, ph);
+      if (tid == 0) SAGE_TRACE_STEP_PV(cw, q_count, n);
       next_slot();
       if constexpr (kQKAhead && !LAST) issue_qk_of(n + 1);
       if constexpr (!NARROW) fold_into_o(st.alpha);
@@ -431,6 +432,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       auto fold_pv = [&]() {
         if constexpr (!FIRST) {
           wgmma_wait<0>();
+          if (tid == 0) SAGE_TRACE_STEP_PV(cw, q_count, n - 1);
           finish_pv();
         }
       };
