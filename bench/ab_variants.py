@@ -3,7 +3,9 @@
     python3 bench/ab_variants.py A=path/to/csrc_a B=path/to/csrc_b --order A,B,A,B --out ab.json
     python3 bench/ab_variants.py A=... --cases 32k:128,32k:128:causal,4k:64
 
-Every process sets ``SAGE_CSRC_DIR`` to its variant's csrc/ (the library is built, or taken from
+A variant is a csrc/ folder, or a tree holding csrc/ and its own sage_cli/ (a branch that changes the ABI
+or the Python side too: ``git archive BRANCH csrc sage_cli | tar x -C DIR``), whose process then imports that
+sage_cli. Every process sets ``SAGE_CSRC_DIR`` to its variant's csrc/ (the library is built, or taken from
 ``$SAGE_CACHE_DIR`` when a build of those exact sources is there: build them beforehand with
 ``SAGE_CSRC_DIR=... sage build --arch 90a``) and runs sage bench's own library (`run_bench`, no peers) over
 the cases: whole op and kernel alone, CUDA-graph timed, and the accuracy of both against float64 and of the
@@ -30,7 +32,7 @@ SAGE_ROWS = {"sage (whole op)": "whole", "sage (kernel only)": "kernel", "sage r
 
 def parse_case(text: str) -> tuple[int, int, bool]:
     """'32k:128:causal' -> (32768, 128, True); the length is read as `sage bench --seq` reads it."""
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, os.environ.get("SAGE_AB_TREE", str(ROOT)))  # a variant tree's own sage_cli first
     from sage_cli.cli import _sizes
 
     parts = text.split(":")
@@ -55,6 +57,8 @@ def measure(cases: list[tuple[int, int, bool]], heads: int) -> list[dict]:
 
 def run_variant(label: str, csrc: str, cases: str, heads: int) -> list[dict]:
     env = dict(os.environ, SAGE_CSRC_DIR=str(Path(csrc).resolve()), PYTHONUNBUFFERED="1")
+    if (Path(csrc) / "sage_cli").is_dir():  # a tree: its csrc/ and its sage_cli
+        env.update(SAGE_CSRC_DIR=str((Path(csrc) / "csrc").resolve()), SAGE_AB_TREE=str(Path(csrc).resolve()))
     cmd = [sys.executable, __file__, "--inner", "--cases", cases, "--heads", str(heads)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
@@ -97,7 +101,7 @@ def geomean_whole(rows: list[dict], label: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="*", help="LABEL=CSRC_DIR")
+    ap.add_argument("variants", nargs="*", help="LABEL=CSRC_DIR or LABEL=TREE (csrc/ + sage_cli/)")
     ap.add_argument("--order", help="comma-separated labels, repeats allowed (default: each once)")
     ap.add_argument("--cases", default=DEFAULT_CASES, help="SEQ:D[:causal],... (B=1)")
     ap.add_argument("--heads", type=int, default=32)
