@@ -465,10 +465,6 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         SAGE_TRACE_EVENT(1 + cw, q_count - 1, 3);
         SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
       }
-      if constexpr (NARROW) {  // the one accumulator holds the whole row
-#pragma unroll
-        for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_pv[i];
-      }
     } else {
       step(0, std::true_type{});
       if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 2);
@@ -478,9 +474,11 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       // P.V of the last tile.
       pv_waited(stg == 0 ? S - 1 : stg - 1, stg == 0 ? ph ^ 1 : ph);
       if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 4);
+      if constexpr (!NARROW) fold_into_o(alpha_prev);
+    }
+    if constexpr (NARROW) {  // the one accumulator holds the whole row
 #pragma unroll
-      for (int i = 0; i < Traits::kPVRegs; ++i)
-        acc_o[i] = NARROW ? acc_pv[i] : acc_o[i] * alpha_prev[(i >> 1) & 1] + acc_pv[i];
+      for (int i = 0; i < Traits::kPVRegs; ++i) acc_o[i] = acc_pv[i];
     }
     if constexpr (V_SMEM) {
       cp_async_wait<0>();
