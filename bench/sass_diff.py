@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sass_loops import disassemble, label  # noqa: E402
+from sass_loops import disassemble, instances, label  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,14 +39,9 @@ def resolve(side: str, tmp: Path) -> Path:
     return out / "csrc"
 
 
-def functions(sass: str) -> dict[str, str]:
-    """Kernel function name -> its instructions, addresses and encodings stripped."""
-    out = {}
-    for block in re.split(r"\n\s+Function : ", sass)[1:]:
-        name, body = block.split("\n", 1)
-        body = re.sub(r"/\*[0-9a-f]{4,}\*/|/\* 0x[0-9a-f]+ \*/", "", body)
-        out[name.strip()] = "\n".join(line.strip() for line in body.splitlines() if line.strip())
-    return out
+def functions(sass: str) -> dict[str, list[str]]:
+    """Kernel function name -> its instructions in order (sass_loops.instances, addresses dropped)."""
+    return {name: [text for _, text in ins] for name, ins in instances(sass)}
 
 
 def main() -> int:
