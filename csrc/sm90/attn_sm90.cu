@@ -157,9 +157,8 @@ int validate(const SageAttnParams& p) {
   SAGE_REQUIRE(p.q_int && p.k_int && p.v && p.q_scale && p.k_scale && p.v_scale && p.o, "sm90 kernel: a required pointer is NULL");
   SAGE_REQUIRE(!p.causal || p.tile_counter, "sm90 kernel: causal attention needs tile_counter (SAGE_TILE_COUNTER_INTS zeros)");
   SAGE_REQUIRE(aligned16(p.q_int) && aligned16(p.k_int) && aligned16(p.v), "sm90 kernel: q_int, k_int and v must be 16-byte aligned");
-  SAGE_REQUIRE((reinterpret_cast<uintptr_t>(p.o) & 3) == 0 && p.o_stride_b % 2 == 0 && p.o_stride_h % 2 == 0 &&
-                   p.o_stride_n % 2 == 0,
-               "sm90 kernel: O must be 4-byte aligned with even strides (two channels are stored at once)");
+  SAGE_REQUIRE(aligned16(p.o) && p.o_stride_b % 8 == 0 && p.o_stride_h % 8 == 0 && p.o_stride_n % 8 == 0,
+               "sm90 kernel: O must be 16-byte aligned with strides of whole 16-byte rows (8 channels are stored at once)");
   SAGE_REQUIRE((reinterpret_cast<uintptr_t>(p.v_scale) & 7) == 0 && (!p.v_mean || (reinterpret_cast<uintptr_t>(p.v_mean) & 7) == 0) &&
                    (!p.ds || (reinterpret_cast<uintptr_t>(p.ds) & 7) == 0),
                "sm90 kernel: v_scale, v_mean and ds must be 8-byte aligned");

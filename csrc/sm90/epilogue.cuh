@@ -1,6 +1,7 @@
 // Output of one consumer warpgroup: O = acc / l * v_scale[c] (+ v_mean[c]) in the output dtype, written
-// straight from the accumulator fragment (two channels, 4 bytes, per store) at the caller's strides, and
-// the natural-log LSE. Rows that saw no visible key (l == 0) get O = 0 and LSE = -inf, never NaN.
+// from the accumulator fragment at the caller's strides (8 channels, 16 bytes, a store: the ABI keeps O's
+// rows 16-byte aligned), and the natural-log LSE. Rows that saw no visible key (l == 0) get O = 0 and
+// LSE = -inf, never NaN.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -18,6 +19,25 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b, bool bf16) {
   }
   const __half2 v = __floats2half2_rn(a, b);
   return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Lane q of a quad holds w[t] = M[q][t]; afterwards it holds M[t][q] (a 4 x 4 transpose over the quad: two
+// exchanges, across lane bit 0 and then bit 1, each swapping the half of the words whose index bit differs
+// from the lane's).
+__device__ __forceinline__ void quad_transpose(uint32_t (&w)[4], int q) {
+#pragma unroll
+  for (int bit = 1; bit <= 2; bit <<= 1) {
+    const bool upper = q & bit;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      if (t & bit) continue;
+      const uint32_t got = __shfl_xor_sync(0xffffffffu, upper ? w[t] : w[t + bit], bit);
+      if (upper)
+        w[t] = got;
+      else
+        w[t + bit] = got;
+    }
+  }
 }
 
 // acc: the m64n(D+8) P.V accumulator (acc[4j + 2i + e]: column 8j + 2q + e of row `row0 + 8i`); its
@@ -39,25 +59,40 @@ __device__ __forceinline__ void store_output(const float (&acc)[D / 2 + 4], cons
     seen[i] = l[i] > 0.f;
     inv[i] = seen[i] ? 1.f / l[i] : 0.f;
   }
+  // Four column groups (32 channels) at a time: each lane packs its two channels of each group, the quad
+  // transposes them, and each lane then holds 8 consecutive channels of its row: one 16-byte store where
+  // there were four 4-byte ones (a quarter of the store instructions, each writing whole 32-byte sectors).
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    const int ch = 8 * j + 2 * q;
-    float2 s2, m2 = make_float2(0.f, 0.f);
-    if constexpr (SMEM_CONSTS) {
-      s2 = *reinterpret_cast<const float2*>(vs + ch);
-      if (vm) m2 = *reinterpret_cast<const float2*>(vm + ch);
-    } else {
-      s2 = __ldg(reinterpret_cast<const float2*>(vs + ch));
-      if (vm) m2 = __ldg(reinterpret_cast<const float2*>(vm + ch));
+  for (int g = 0; g < D / 32; ++g) {
+    float2 s2[4], m2[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const int ch = 8 * (4 * g + t) + 2 * q;
+      m2[t] = make_float2(0.f, 0.f);
+      if constexpr (SMEM_CONSTS) {
+        s2[t] = *reinterpret_cast<const float2*>(vs + ch);
+        if (vm) m2[t] = *reinterpret_cast<const float2*>(vm + ch);
+      } else {
+        s2[t] = __ldg(reinterpret_cast<const float2*>(vs + ch));
+        if (vm) m2[t] = __ldg(reinterpret_cast<const float2*>(vm + ch));
+      }
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int row = row0 + 8 * i;
-      if (row >= p.seq_q) continue;
-      float a = acc[4 * j + 2 * i] * inv[i] * s2.x + m2.x;
-      float c = acc[4 * j + 2 * i + 1] * inv[i] * s2.y + m2.y;
-      if (!seen[i]) a = c = 0.f;
-      *reinterpret_cast<uint32_t*>(o_head + 2 * (row * p.o_stride_n + ch)) = pack_out(a, c, p.out_bf16);
+      uint32_t w[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const int j = 4 * g + t;
+        float a = acc[4 * j + 2 * i] * inv[i] * s2[t].x + m2[t].x;
+        float c = acc[4 * j + 2 * i + 1] * inv[i] * s2[t].y + m2[t].y;
+        if (!seen[i]) a = c = 0.f;
+        w[t] = pack_out(a, c, p.out_bf16);
+      }
+      quad_transpose(w, q);  // every lane of the quad takes part, whatever its row
+      if (row < p.seq_q)
+        *reinterpret_cast<uint4*>(o_head + 2 * (row * p.o_stride_n + 8 * (4 * g + q))) =
+            make_uint4(w[0], w[1], w[2], w[3]);
     }
   }
   if (p.lse && q == 0) {
