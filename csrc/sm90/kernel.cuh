@@ -254,6 +254,12 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       else if (tid < D / 2 && p.v_mean)
         cp_async_16(smem_u32(vc + D + 4 * (tid - D / 4)), p.v_mean + kv_head * D + 4 * (tid - D / 4));
       cp_async_commit();
+    } else {
+      // The epilogue reads them from global memory: into L1 now (a line a thread), off its critical path.
+      if (tid < D / 32)
+        prefetch_l1(p.v_scale + kv_head * D + 32 * tid);
+      else if (tid < D / 16 && p.v_mean)
+        prefetch_l1(p.v_mean + kv_head * D + 32 * (tid - D / 32));
     }
     // A 192-row block may pass the head's padded rows (traits.cuh): their scales are read from its last row
     // instead (what they compute is never stored).
