@@ -237,7 +237,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
         __syncwarp();
         if (lane == 0) mbar_arrive(&sm.empty_q);
       }
-      store_masked_rows<D>(p, w.b, w.h, row0, q);
+      store_masked_rows<D, Traits::kWideStores>(p, w.b, w.h, row0, q);
       continue;
     }
     const int hk = w.h / p.group;
@@ -254,7 +254,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       else if (tid < D / 2 && p.v_mean)
         cp_async_16(smem_u32(vc + D + 4 * (tid - D / 4)), p.v_mean + kv_head * D + 4 * (tid - D / 4));
       cp_async_commit();
-    } else {
+    } else if constexpr (Traits::kWideStores) {
       // The epilogue reads them from global memory: into L1 now (a line a thread), off its critical path.
       if (tid < D / 32)
         prefetch_l1(p.v_scale + kv_head * D + 32 * tid);
@@ -490,7 +490,7 @@ __device__ __forceinline__ void consumer_loop(typename Traits::Smem& sm, const S
       cp_async_wait<0>();
       named_barrier_sync(1 + cw, 128);  // every thread's piece of vc has landed
     }
-    store_output<D, V_SMEM>(acc_o, st, p, w.b, w.h, row0, q, vc);
+    store_output<D, Traits::kWideStores, V_SMEM>(acc_o, st, p, w.b, w.h, row0, q, vc);
     if (tid == 0) SAGE_TRACE_EVENT(1 + cw, q_count - 1, 5);
   }
   if (tid == 0) SAGE_TRACE_EVENT(1 + cw, kTraceSlots - 1, 7);

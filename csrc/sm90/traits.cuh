@@ -34,6 +34,10 @@ struct Sm90AttnTraits {
 
   static constexpr int kConsumers = CONSUMERS;
   static constexpr bool kOverlapPV = kConsumers == 2;
+  // The epilogue stores O 16 bytes a lane (epilogue.cuh) with three consumers. The two-consumer loop keeps
+  // 4-byte stores: with the shorter epilogue its consumers fall into step at 4k D=128 and its K steps slow
+  // down more than the epilogue gains (12% slower, bench/NOTES.md, seventeenth session).
+  static constexpr bool kWideStores = kConsumers == 3;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kRowsPerConsumer = 64;
   // 128 (= SAGE_SEQ_PAD: a Q block never passes its head's padded rows) or 192 (the last block of a head
