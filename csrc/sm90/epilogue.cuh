@@ -73,6 +73,13 @@ __device__ __forceinline__ void store_output(const float (&acc)[D / 2 + 4], cons
     seen[i] = l[i] > 0.f;
     inv[i] = seen[i] ? 1.f / l[i] : 0.f;
   }
+  // Channels 8j + 2q and 8j + 2q + 1 of row half i, finished and packed into the output dtype.
+  auto out_pair = [&](int j, int i, float2 s2, float2 m2) {
+    float a = acc[4 * j + 2 * i] * inv[i] * s2.x + m2.x;
+    float c = acc[4 * j + 2 * i + 1] * inv[i] * s2.y + m2.y;
+    if (!seen[i]) a = c = 0.f;
+    return pack_out(a, c, p.out_bf16);
+  };
   if constexpr (WIDE) {
     // Four column groups (32 channels) at a time: each lane packs its two channels of each group, the quad
     // transposes them, and each lane then holds 8 consecutive channels of its row: one 16-byte store where
@@ -87,13 +94,7 @@ __device__ __forceinline__ void store_output(const float (&acc)[D / 2 + 4], cons
         const int row = row0 + 8 * i;
         uint32_t w[4];
 #pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const int j = 4 * g + t;
-          float a = acc[4 * j + 2 * i] * inv[i] * s2[t].x + m2[t].x;
-          float c = acc[4 * j + 2 * i + 1] * inv[i] * s2[t].y + m2[t].y;
-          if (!seen[i]) a = c = 0.f;
-          w[t] = pack_out(a, c, p.out_bf16);
-        }
+        for (int t = 0; t < 4; ++t) w[t] = out_pair(4 * g + t, i, s2[t], m2[t]);
         quad_transpose(w, q);  // every lane of the quad takes part, whatever its row
         if (row < p.seq_q)
           *reinterpret_cast<uint4*>(o_head + 2 * (row * p.o_stride_n + 8 * (4 * g + q))) =
@@ -110,10 +111,7 @@ __device__ __forceinline__ void store_output(const float (&acc)[D / 2 + 4], cons
       for (int i = 0; i < 2; ++i) {
         const int row = row0 + 8 * i;
         if (row >= p.seq_q) continue;
-        float a = acc[4 * j + 2 * i] * inv[i] * s2.x + m2.x;
-        float c = acc[4 * j + 2 * i + 1] * inv[i] * s2.y + m2.y;
-        if (!seen[i]) a = c = 0.f;
-        *reinterpret_cast<uint32_t*>(o_head + 2 * (row * p.o_stride_n + ch)) = pack_out(a, c, p.out_bf16);
+        *reinterpret_cast<uint32_t*>(o_head + 2 * (row * p.o_stride_n + ch)) = out_pair(j, i, s2, m2);
       }
     }
   }
