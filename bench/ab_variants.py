@@ -2,6 +2,7 @@
 
     python3 bench/ab_variants.py A=path/to/csrc_a B=path/to/csrc_b --order A,B,A,B --out ab.json
     python3 bench/ab_variants.py A=... --cases 32k:128,32k:128:causal,4k:64
+    python3 bench/ab_variants.py A=. B=. --env B:NAME=VALUE --order A,B,A,B   # one tree, an environment knob
 
 A variant is a csrc/ folder, or a tree holding csrc/ and its own sage_cli/ (a branch that changes the ABI
 or the Python side too: ``git archive BRANCH csrc sage_cli | tar x -C DIR``), whose process then imports that
@@ -11,6 +12,8 @@ sage_cli. Every process sets ``SAGE_CSRC_DIR`` to its variant's csrc/ (the libra
 the cases: whole op and kernel alone, CUDA-graph timed, and the accuracy of both against float64 and of the
 reference emulating that kernel (numerics/ with the kernel's K block and row sum). Variants run in
 the order given, so that drift between the first and the last call shows when a variant is repeated.
+``--env LABEL:NAME=VALUE`` sets a variable in one variant's process only (the branch `quant-kv-clusters`
+compared its two K/V routes, ``SAGE_QUANT_KV=passes`` or not, in one library this way).
 Decisions come from here; the figures we claim come from `sage bench` beside the peers.
 """
 from __future__ import annotations
@@ -55,8 +58,8 @@ def measure(cases: list[tuple[int, int, bool]], heads: int) -> list[dict]:
     return out
 
 
-def run_variant(label: str, csrc: str, cases: str, heads: int) -> list[dict]:
-    env = dict(os.environ, SAGE_CSRC_DIR=str(Path(csrc).resolve()), PYTHONUNBUFFERED="1")
+def run_variant(label: str, csrc: str, cases: str, heads: int, extra_env: dict[str, str]) -> list[dict]:
+    env = dict(os.environ, SAGE_CSRC_DIR=str(Path(csrc).resolve()), PYTHONUNBUFFERED="1", **extra_env)
     if (Path(csrc) / "sage_cli").is_dir():  # a tree: its csrc/ and its sage_cli
         env.update(SAGE_CSRC_DIR=str((Path(csrc) / "csrc").resolve()), SAGE_AB_TREE=str(Path(csrc).resolve()))
     cmd = [sys.executable, __file__, "--inner", "--cases", cases, "--heads", str(heads)]
@@ -105,6 +108,8 @@ def main() -> int:
     ap.add_argument("--order", help="comma-separated labels, repeats allowed (default: each once)")
     ap.add_argument("--cases", default=DEFAULT_CASES, help="SEQ:D[:causal],... (B=1)")
     ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--env", action="append", default=[], metavar="LABEL:NAME=VALUE",
+                    help="an environment variable for one variant's process (repeatable)")
     ap.add_argument("--out", help="write every row as JSON here")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -115,9 +120,14 @@ def main() -> int:
     dirs = dict(v.split("=", 1) for v in args.variants)
     labels = list(dirs)
     order = args.order.split(",") if args.order else labels
+    envs: dict[str, dict[str, str]] = defaultdict(dict)
+    for spec in args.env:
+        lb, assignment = spec.split(":", 1)
+        name, value = assignment.split("=", 1)
+        envs[lb][name] = value
     rows: list[dict] = []
     for lb in order:
-        got = run_variant(lb, dirs[lb], args.cases, args.heads)
+        got = run_variant(lb, dirs[lb], args.cases, args.heads, envs[lb])
         print(f"[{lb}] {len(got)} rows", flush=True)
         rows += got
     if args.out:
