@@ -59,7 +59,8 @@ def measure(cases: list[tuple[int, int, bool]], heads: int) -> list[dict]:
 
 
 def run_variant(label: str, csrc: str, cases: str, heads: int, extra_env: dict[str, str]) -> list[dict]:
-    env = dict(os.environ, SAGE_CSRC_DIR=str(Path(csrc).resolve()), PYTHONUNBUFFERED="1", **extra_env)
+    env = dict(os.environ, SAGE_CSRC_DIR=str(Path(csrc).resolve()), PYTHONUNBUFFERED="1")
+    env.update(extra_env)
     if (Path(csrc) / "sage_cli").is_dir():  # a tree: its csrc/ and its sage_cli
         env.update(SAGE_CSRC_DIR=str((Path(csrc) / "csrc").resolve()), SAGE_AB_TREE=str(Path(csrc).resolve()))
     cmd = [sys.executable, __file__, "--inner", "--cases", cases, "--heads", str(heads)]
@@ -122,8 +123,10 @@ def main() -> int:
     order = args.order.split(",") if args.order else labels
     envs: dict[str, dict[str, str]] = defaultdict(dict)
     for spec in args.env:
-        lb, assignment = spec.split(":", 1)
-        name, value = assignment.split("=", 1)
+        lb, _, assignment = spec.partition(":")
+        name, eq, value = assignment.partition("=")
+        if lb not in dirs or not name or not eq:
+            ap.error(f"--env {spec!r}: expected LABEL:NAME=VALUE with LABEL one of {', '.join(labels)}")
         envs[lb][name] = value
     rows: list[dict] = []
     for lb in order:
