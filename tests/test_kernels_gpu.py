@@ -84,7 +84,7 @@ QUANT_CASES = [  # b, hq, hkv, nq, nk, d, dtype, layout
     (1, 8, 2, 1000, 4096, 128, torch.float16, "HND"),
     (2, 4, 4, 128, 1000, 64, torch.bfloat16, "NHD"),
     (1, 2, 1, 64, 8192, 64, torch.bfloat16, "NHD"),  # 128 reduction blocks per head add into k_mean / v_scale
-    (1, 4, 2, 200, 4097, 128, torch.bfloat16, "HND"),  # one token past the resident route's default reach
+    (1, 4, 2, 200, 4097, 128, torch.bfloat16, "HND"),  # a last K/V slice of one real token (one read)
 ]
 QUANT_SETTINGS = [
     SageSettings(),
@@ -94,14 +94,14 @@ QUANT_SETTINGS = [
 ]
 
 
-@pytest.fixture(params=["auto", "passes", "resident"])
+@pytest.fixture(params=["one read", "passes"])
 def kv_route(request, monkeypatch):
-    """How K and V are read: "auto" lets the library choose (one read for kv heads up to 16 slices: 4096
-    tokens at D=128, 8192 at D=64), "passes" forces two reads, "resident" one read at any length that fits."""
-    if request.param == "auto":
-        monkeypatch.delenv("SAGE_QUANT_KV", raising=False)
+    """How Q, K and V are read: once, in one launch (the default wherever a kv head fits the GPU: every
+    QUANT_CASES head), or K and V twice by the two passes (SAGE_QUANT_KV=passes)."""
+    if request.param == "passes":
+        monkeypatch.setenv("SAGE_QUANT_KV", "passes")
     else:
-        monkeypatch.setenv("SAGE_QUANT_KV", request.param)
+        monkeypatch.delenv("SAGE_QUANT_KV", raising=False)
     return request.param
 
 
@@ -144,20 +144,26 @@ def _quant_kernels(q, k, v) -> set[str]:
     return {e.key for e in prof.key_averages() if e.device_time_total > 0}
 
 
-@pytest.mark.parametrize("nk, d, resident", [(4096, 128, True), (4097, 128, False), (8192, 64, True), (8193, 64, False)])
-def test_kv_route_by_head_length(arch, monkeypatch, nk, d, resident):
-    """A kv head of up to 16 slices is read once (kv_resident), a longer one twice (kv_tiles); SAGE_QUANT_KV
-    forces either."""
-    q, k, v = make_qkv(1, 2, 2, 128, nk, d, torch.bfloat16)
+def _too_long_to_hold(d: int) -> int:
+    """A kv head length whose slices (64 KiB of rows each) outnumber the blocks of qkv_resident the GPU holds at
+    once (at most 3 a SM), so that quantize takes the two passes."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return 4 * sms * (64 * 1024 // (2 * d))
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_kv_route_by_head_length(arch, monkeypatch, d):
+    """A kv head the GPU can hold is read once (qkv_resident alone), a longer one twice (q_tiles_and_stats then
+    kv_tiles), and SAGE_QUANT_KV=passes forces the two passes."""
     monkeypatch.delenv("SAGE_QUANT_KV", raising=False)
-    names = " ".join(_quant_kernels(q, k, v))
-    assert ("kv_resident" in names) == resident and ("kv_tiles" in names) == (not resident), names
+    for nk, one_read in ((4096, True), (_too_long_to_hold(d), False)):
+        q, k, v = make_qkv(1, 1, 1, 128, nk, d, torch.bfloat16)
+        names = " ".join(_quant_kernels(q, k, v))
+        assert ("qkv_resident" in names) == one_read and ("kv_tiles" in names) == (not one_read), (nk, names)
     monkeypatch.setenv("SAGE_QUANT_KV", "passes")
+    q, k, v = make_qkv(1, 1, 1, 128, 4096, d, torch.bfloat16)
     names = " ".join(_quant_kernels(q, k, v))
-    assert "kv_tiles" in names and "kv_resident" not in names, names
-    monkeypatch.setenv("SAGE_QUANT_KV", "resident")
-    names = " ".join(_quant_kernels(q, k, v))
-    assert "kv_resident" in names and "kv_tiles" not in names, names
+    assert "kv_tiles" in names and "qkv_resident" not in names, names
 
 
 def test_kv_routes_agree_with_many_heads_in_flight(arch, monkeypatch):
@@ -167,7 +173,7 @@ def test_kv_routes_agree_with_many_heads_in_flight(arch, monkeypatch):
     q, k, v = make_qkv(4, 32, 32, 64, 4096, 128, torch.bfloat16, seed=7)
     got = {}
     for route in ("passes", "resident"):
-        monkeypatch.setenv("SAGE_QUANT_KV", route)
+        monkeypatch.setenv("SAGE_QUANT_KV", route)  # "resident" is the default's name
         got[route] = kernels.quantize(q, k, v, SageSettings())
     a, b = got["passes"], got["resident"]
     torch.testing.assert_close(b.k_mean, a.k_mean, rtol=1e-5, atol=1e-5)

@@ -1,7 +1,7 @@
 // Counters that blocks of one grid use to wait for each other (device scope): a block raises a count
 // with release semantics once its writes are issued, another reads it with acquire semantics before it
 // reads them. Waiting on other blocks is safe only where they are sure to be resident or to become so
-// (see the caller's argument: kv_resident.cuh).
+// (see the caller's argument: qkv_resident.cuh).
 #pragma once
 #include <cstdint>
 

@@ -10,7 +10,7 @@
 namespace sage::quant {
 
 // The workspace (sage_abi.h, SAGE_QUANT_WORKSPACE_FLOATS), zeroed on the stream before the kernels run:
-// four accumulators, each [B, Hkv, D]; then the counters of kv_resident (kv_resident.cuh): how many K and
+// four accumulators, each [B, Hkv, D]; then the counters of qkv_resident (qkv_resident.cuh): how many K and
 // how many V slices of each kv head have added their statistics ([2, B, Hkv]), and the units claimed so
 // far. The attention's tile counter follows; this code leaves it alone.
 struct Workspace {

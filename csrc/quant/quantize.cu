@@ -3,11 +3,13 @@
 //
 // K needs its channel mean, and V its channel amax (and mean, with smooth V), before any of their tokens is
 // quantized. Two routes:
-//  - resident (kv heads of at most 16 slices by default: 4096 tokens at D = 128, 8192 at D = 64): a memset,
-//    then q_tiles_and_stats with Q tiles only, then kv_resident beside it, which reads K and V once,
-//    holding each slice of a head in shared memory until the head's statistics are complete
-//    (kv_resident.cuh);
-//  - two passes (longer heads), which read K and V twice and Q once, in three stream-ordered steps:
+//  - resident (wherever the GPU holds all slices of a kv head at once: up to ~100k tokens a head on an H100):
+//    a memset, then qkv_resident, which reads Q, K and V once, holding each slice of a kv head in shared
+//    memory until the head's statistics are complete (qkv_resident.cuh). 17% less time than the two passes
+//    at the bench's 4k shape (bench/NOTES.md, 22nd session): it moves a third less and mixes blocks that
+//    load with blocks that compute.
+//  - two passes (longer heads, or SAGE_QUANT_KV=passes), which read K and V twice and Q once, in three
+//    stream-ordered steps:
 //   1. workspace = 0 (one memset): per channel the K mean, V mean, V max and V min accumulators.
 //   2. q_tiles_and_stats, three kinds of units: Q tiles (64 rows of one head: optional block mean and
 //      smoothing, group scales, quantization); K chunks (64 tokens: sum / Nk added into the K mean); V
@@ -16,8 +18,9 @@
 //   3. kv_tiles: K (two 64-token tiles: K - mean, group scales, quantization) and V (a 128-token tile: scale
 //      and mean from the statistics, FP8, transposed) in units of 128 tokens, in the reverse of the order
 //      step 2 read them, so that what step 2 read last is read again first, while it is still in L2.
-// Both grids are persistent (run_units): each block stages its next unit's rows into shared memory while
-// it works on the current one. Step 3 is launched with programmatic dependent launch (common/pdl.cuh).
+// Both grids of the two passes are persistent (run_units): each block stages its next unit's rows into shared
+// memory while it works on the current one. Step 3 is launched with programmatic dependent launch
+// (common/pdl.cuh).
 // The V amax needs no pass of its own: max |x - m| over a channel is max(vmax - m, m - vmin) exactly
 // (float subtraction is monotone in x), so the mean, max and min come from one pass. The atomics make the
 // means order-dependent in their last bit, which can flip a rounding tie now and then; nothing else is.
@@ -26,7 +29,7 @@
 
 #include "../common/check.cuh"
 #include "../common/pdl.cuh"
-#include "kv_resident.cuh"
+#include "qkv_resident.cuh"
 #include "kv_stats.cuh"
 #include "qk_tile.cuh"
 #include "v_tile.cuh"
@@ -242,50 +245,30 @@ int grid_for(Kernel kernel, size_t dyn_smem, int units, int& grid, int max_per_s
   return SAGE_OK;
 }
 
-// How K and V are read: twice (the two passes) or once (kv_resident). SAGE_QUANT_KV=passes or =resident
-// asks for one (tests and benchmarks compare them); the resident route is taken only where the GPU holds
-// a whole kv head's slices at once, whatever is asked.
-enum class KvRoute { kAuto, kPasses, kResident };
-KvRoute kv_route_asked() {
+// How Q, K and V are read: in one launch, each once (qkv_resident), wherever the GPU holds a whole kv
+// head's slices at once (up to ~100k tokens a head on an H100), else by the two passes. SAGE_QUANT_KV=passes
+// forces the two passes (tests and benchmarks compare the routes); =resident, the default, is accepted too.
+bool two_passes_asked() {
   const char* e = std::getenv("SAGE_QUANT_KV");
-  if (e != nullptr && std::strcmp(e, "passes") == 0) return KvRoute::kPasses;
-  if (e != nullptr && std::strcmp(e, "resident") == 0) return KvRoute::kResident;
-  return KvRoute::kAuto;
-}
-// EXPERIMENT knobs (branch only): the longest head, in slices, the auto route keeps resident, and the Q
-// pass's blocks a SM beside kv_resident.
-int env_int(const char* name, int dflt) {
-  const char* e = std::getenv(name);
-  const int n = e ? std::atoi(e) : 0;
-  return n > 0 ? n : dflt;
+  return e != nullptr && std::strcmp(e, "passes") == 0;
 }
 
-// The resident route: Q alone (at most q_per_sm blocks a SM, so that kv_resident has room beside it
-// from the start), then kv_resident launched beside it. Returns SAGE_ERR_UNSUPPORTED, having launched
-// nothing, where the route does not apply.
+// The resident route: one launch of qkv_resident after the memset. Returns SAGE_ERR_UNSUPPORTED, having
+// launched nothing, where the route does not apply.
 template <int D, int DT, int QK>
 int launch_resident(const SageQuantParams& p, cudaStream_t stream) {
   using T = typename ElemOf<DT>::type;
-  const KvRoute asked = kv_route_asked();
+  if (two_passes_asked()) return SAGE_ERR_UNSUPPORTED;
   const int slices = resident_slices<D>(p.seq_k);
-  if (asked == KvRoute::kPasses || (asked == KvRoute::kAuto && slices > env_int("SAGE_QUANT_KV_MAX_SLICES", 16)))
-    return SAGE_ERR_UNSUPPORTED;
-  const size_t kv_smem = Slice<D, T>::kBytes;
-  const int kinds = p.v != nullptr ? 2 : 1;
-  const int units = p.batch * p.heads_kv * kinds * slices;
-  int room = 0;  // kv_resident blocks the GPU holds at once
-  if (int r = grid_for(kv_resident<D, DT, QK>, kv_smem, 1 << 30, room)) return r;
-  if (room < slices) return SAGE_ERR_UNSUPPORTED;
-
-  const int q_units = p.batch * p.heads_q * (p.seq_q_pad / kTile);
-  const size_t q_smem = 2 * kQStageBytes<D, T>;
-  int q_grid = 0;
-  if (int r = grid_for(q_tiles_and_stats<D, DT, QK>, q_smem, q_units, q_grid, env_int("SAGE_QUANT_Q_PER_SM", 1)))
-    return r;
-  q_tiles_and_stats<D, DT, QK><<<q_grid, kThreads, q_smem, stream>>>(p, q_units, 1, 0, 0, q_units);
-  SAGE_CHECK_LAUNCH("sage_quantize (Q tiles)");
+  const size_t smem = Slice<D, T>::kBytes;
+  int room = 0;  // qkv_resident blocks the GPU holds at once
+  if (int r = grid_for(qkv_resident<D, DT, QK>, smem, 1 << 30, room)) return r;
+  if (room < slices) return SAGE_ERR_UNSUPPORTED;  // the wait in qkv_resident needs a head's slices resident
+  const int per_head = (p.v != nullptr ? 2 : 1) * slices + (p.heads_q / p.heads_kv) * resident_q_units<D>(p.seq_q_pad);
+  const int units = p.batch * p.heads_kv * per_head;
   const int v_sum = p.v != nullptr && p.smooth_v, v_minmax = p.v != nullptr && p.v_static_scale == nullptr;
-  SAGE_CUDA_TRY(launch_pdl(kv_resident<D, DT, QK>, units, kThreads, kv_smem, stream, p, slices, v_sum, v_minmax));
+  qkv_resident<D, DT, QK><<<units, kThreads, smem, stream>>>(p, slices, v_sum, v_minmax);
+  SAGE_CHECK_LAUNCH("sage_quantize (Q, K and V, one read)");
   return SAGE_OK;
 }
 

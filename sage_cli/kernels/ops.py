@@ -5,7 +5,7 @@ and K, and FP8 V transposed unless P.V is FP16), the smooth-Q bias ``ds`` (below
 everything on torch's current stream, nothing synchronizes, so the whole op can be captured in a CUDA graph.
 
 ``ds = q_mean . K'^T`` (smooth Q only) is computed here with torch in fp32 (see `_smooth_q_bias`): it is
-the largest cost of smooth Q today (~90 us at B=1, Hq=32, Hkv=8, N=4096 on an H100, vs ~60 us for all
+the largest cost of smooth Q today (~90 us at B=1, Hq=32, Hkv=8, N=4096 on an H100, vs ~40 us for all
 the quantization kernels).
 
 The LSE the kernels return is that of ``sm_scale * (Q K'^T + ds)``: without the K-smoothing term, like

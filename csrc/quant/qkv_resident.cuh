@@ -1,13 +1,15 @@
-// K and V quantized in one read (the "resident" route of quantize.cu), for kv heads short enough: a block
-// holds one slice of a kv head (kSliceBytes of K or V rows) in shared memory from its loads to its stores.
-// It adds the slice's statistics into the workspace chunk by chunk, exactly as q_tiles_and_stats does;
-// counts itself in its head's K or V count; waits until every slice of the head has counted itself; then
-// quantizes its rows with the head's complete mean and scales, exactly as kv_tiles does. The two passes
-// read K and V twice (once for the statistics, once to quantize), this route once.
+// Q, K and V quantized in one launch that reads each once (the "resident" route of quantize.cu), for kv
+// heads short enough. A K or V block holds one slice of a kv head (Slice::kBytes of rows) in shared memory
+// from its loads to its stores: it adds the slice's statistics into the workspace, counts itself in its
+// head's K or V count, waits until every slice of the head has counted itself, then quantizes its rows
+// with the head's complete mean and scales, value for value as kv_tiles does. A Q block quantizes a few Q
+// tiles as q_tiles_and_stats does. The two passes read K and V twice (once for the statistics, once to
+// quantize), this route once.
 //
 // Blocks are independent apart from that one wait, so a block that finishes makes room for the next at
-// once: loads of new slices overlap other blocks' arithmetic on every SM (thread block clusters, which
-// are gang-scheduled, kept the SMs' loads and arithmetic in lockstep: bench/NOTES.md, 21st session).
+// once, and the Q blocks mixed in keep loading while the K and V blocks beside them compute (thread block
+// clusters, which are gang-scheduled, kept the SMs' loads and arithmetic in lockstep: bench/NOTES.md, 21st
+// session).
 //
 // Why the wait cannot hang. Blocks take their units from a counter (claimed), in order, not by blockIdx,
 // and a head's slices are consecutive units; there is one block per unit, and a block waits only after
@@ -15,10 +17,10 @@
 // still waiting. If all its slices are claimed, their blocks are resident and have counted or will count
 // themselves, so the wait ends. If one is not, no later unit is claimed either, so every waiting block
 // holds a slice of that head: fewer than `slices` blocks, and the route is taken only where the GPU holds
-// at least `slices` of these blocks at once (quantize.cu); the other resident blocks (earlier heads, or
-// the Q pass beside this grid) finish without waiting, and the grid's next block then claims the unit.
-// The attention launched after this grid cannot take the room first: it is scheduled only once every
-// block of this grid has started.
+// at least `slices` of these blocks at once (quantize.cu); the other resident blocks (earlier heads' or Q
+// units) finish without waiting, and the grid's next block then claims the unit. The attention launched
+// after this grid cannot take the room first: it is scheduled only once every block of this grid has
+// started.
 #pragma once
 #include "../common/cp_async.cuh"
 #include "../common/gpu_flags.cuh"
@@ -37,9 +39,14 @@ struct Slice {
   static_assert(kTokens % kVTile == 0 && kVTile % kTile == 0 && kTile == kReduceChunk, "whole tiles and chunks");
 };
 
+// Slices of a kv head of seq_k tokens, and Q units of a Q head of seq_q_pad rows.
 template <int D>
 __host__ __device__ inline int resident_slices(int seq_k) {
   return (seq_k + Slice<D, __half>::kTokens - 1) / Slice<D, __half>::kTokens;
+}
+template <int D>
+__host__ __device__ inline int resident_q_units(int seq_q_pad) {
+  return (seq_q_pad + Slice<D, __half>::kTokens - 1) / Slice<D, __half>::kTokens;
 }
 
 // K's scratch while a slice is quantized: each row's amax, then each group's reciprocal scale.
@@ -49,18 +56,22 @@ struct KSliceSmem {
   float inv[Slice<D, T>::kTokens / kTile * 4];  // at most 4 groups a 64-token tile (settings.k_group_index)
 };
 
-// Shared memory besides the slice: the reduction scratch while the statistics are taken, then the head's
-// statistics (side, laid out as v_channel_scale reads them) and K's or V's own scratch.
+// Shared memory besides the slice: the reduction scratch (K and V statistics, or a Q tile's block mean),
+// then the head's K or V statistics (side, laid out as v_channel_scale reads them) and K's or V's own
+// scratch; a Q tile's scratch apart, since smooth Q needs it beside the reduction's.
 template <int D, typename T>
-union ResidentSmem {
-  ReduceSmem<D> red;
-  struct {
-    float side[3 * D];
-    union {
-      KSliceSmem<D, T> k;
-      VScales<D> v;
-    } tile;
-  } q;
+struct ResidentSmem {
+  union {
+    ReduceSmem<D> red;
+    struct {
+      float side[3 * D];
+      union {
+        KSliceSmem<D, T> k;
+        VScales<D> v;
+      } tile;
+    } kv;
+  };
+  TileSmem<D> q_tile;
 };
 
 // One slice's statistics, added into the workspace: every row of the slice in one block-wide reduction
@@ -131,7 +142,8 @@ __device__ void quantize_k_slice(const SageQuantParams& p, const T* rows, int va
   }
   __syncthreads();
 
-  uint8_t* dst = static_cast<uint8_t*>(p.k_int) + (static_cast<int64_t>(bh) * p.seq_k_pad + tile0 * kTile) * row_bytes<QK>(D);
+  const int64_t row0 = static_cast<int64_t>(bh) * p.seq_k_pad + tile0 * kTile;
+  uint8_t* dst = static_cast<uint8_t*>(p.k_int) + row0 * row_bytes<QK>(D);
 #pragma unroll 4
   for (int i = 0; i < kRows; ++i) {
     const int r = R::row() + i * R::kRowsPerPass;
@@ -153,11 +165,42 @@ __device__ void quantize_k_slice(const SageQuantParams& p, const T* rows, int va
   }
 }
 
-// Grid: one block per unit, units = B * Hkv * (1 or 2) * slices, taken in order from ws.claimed: kv heads
-// last to first (the attention starts on the first heads, which are then the last written, still in L2),
-// each head's K slices, then its V slices.
+// Up to Slice::kTokens / kTile Q tiles of one Q head (a Q unit), quantized as q_tiles_and_stats quantizes
+// each; they need no statistics from anyone, so these blocks never wait.
+template <int D, typename T, int QK>
+__device__ void quantize_q_unit(const SageQuantParams& p, T* rows, int bhq, int tile0, ResidentSmem<D, T>& sm) {
+  const FastDivmod by_heads_q(p.heads_q);
+  const int q_tiles = p.seq_q_pad / kTile;
+  const int tiles = min(Slice<D, T>::kTokens / kTile, q_tiles - tile0);
+  {
+    const TileAt<D, T, QK, true> at(p, bhq, tile0, by_heads_q);
+    stage_rows<D>(rows, at.src, at.stride_n, min(Slice<D, T>::kTokens, p.seq_q - tile0 * kTile));
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+#pragma unroll 1
+  for (int i = 0; i < tiles; ++i) {
+    const TileAt<D, T, QK, true> at(p, bhq, tile0 + i, by_heads_q);
+    const T* tile_rows = rows + i * kTile * D;
+    if (p.smooth_q) {
+      float* mean = p.q_mean + (static_cast<int64_t>(bhq) * q_tiles + tile0 + i) * D;
+      quantize_tile<D, T, QK, true, Smooth::kBlockMean>(tile_rows, D, at.valid, mean, p.granularity, at.dst,
+                                                        at.scale_out, sm.q_tile, &sm.red);
+    } else {
+      quantize_tile<D, T, QK, true, Smooth::kNone>(tile_rows, D, at.valid, nullptr, p.granularity, at.dst,
+                                                   at.scale_out, sm.q_tile, nullptr);
+    }
+    __syncthreads();  // sm.q_tile and sm.red are reused by the next tile
+  }
+}
+
+// Grid: one block per unit, taken in order from ws.claimed: kv heads last to first (the attention starts on
+// the first heads, which are then the last written, still in L2); for each, its K slices, its V slices,
+// then the Q units of the query heads that read it. The Q units, which never wait, keep the SMs loading
+// while the K and V blocks beside them reduce, wait and quantize.
 template <int D, int DT, int QK>
-__global__ void __launch_bounds__(kThreads, 3) kv_resident(SageQuantParams p, int slices, int v_sum, int v_minmax) {
+__global__ void __launch_bounds__(kThreads, 3) qkv_resident(SageQuantParams p, int slices, int v_sum, int v_minmax) {
   using T = typename ElemOf<DT>::type;
   using S = Slice<D, T>;
   extern __shared__ __align__(16) uint8_t dyn_smem[];
@@ -168,16 +211,26 @@ __global__ void __launch_bounds__(kThreads, 3) kv_resident(SageQuantParams p, in
   if (threadIdx.x == 0) claimed = static_cast<int>(atomicAdd(ws.claimed, 1u));
   __syncthreads();
   const int heads = p.batch * p.heads_kv;
-  const int per_head = (p.v != nullptr ? 2 : 1) * slices;
+  const int kv_units = (p.v != nullptr ? 2 : 1) * slices;
+  const int group = p.heads_q / p.heads_kv;
+  const int q_units = resident_q_units<D>(p.seq_q_pad);  // a Q head's
   const int u = claimed;
-  const int bh = heads - 1 - u / per_head;
-  const int r = u % per_head;
+  const int bh = heads - 1 - u / (kv_units + group * q_units);
+  int r = u % (kv_units + group * q_units);
+  T* rows = reinterpret_cast<T*>(dyn_smem);
+  const FastDivmod by_heads_kv(p.heads_kv);
+  if (r >= kv_units) {
+    r -= kv_units;
+    int h;
+    const int b = by_heads_kv.divmod(bh, h);
+    const int bhq = b * p.heads_q + h * group + r / q_units;
+    quantize_q_unit<D, T, QK>(p, rows, bhq, (r % q_units) * (S::kTokens / kTile), sm);
+    return;
+  }
   const bool is_k = r < slices;
   const int t0 = (is_k ? r : r - slices) * S::kTokens;
   const int valid = min(S::kTokens, p.seq_k - t0);  // >= 1: slices = ceil(seq_k / kTokens)
-  const FastDivmod by_heads_kv(p.heads_kv);
 
-  T* rows = reinterpret_cast<T*>(dyn_smem);
   int64_t stride;
   stage_rows<D>(rows, kv_rows<T>(p, is_k, bh, t0, by_heads_kv, stride), stride, valid);
   cp_async_commit();
@@ -195,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, 3) kv_resident(SageQuantParams p, in
     __syncthreads();  // thread 0's acquire, then this barrier, orders everyone's reads below after the sums
   }
 
-  float* side = sm.q.side;
+  float* side = sm.kv.side;
   if (threadIdx.x < D) {
     const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
     if (is_k) {
@@ -214,14 +267,14 @@ __global__ void __launch_bounds__(kThreads, 3) kv_resident(SageQuantParams p, in
 
   const int pad_tokens = min(S::kTokens, p.seq_k_pad - t0);  // pad tokens are written as zero
   if (is_k) {
-    quantize_k_slice<D, T, QK>(p, rows, valid, pad_tokens / kTile, bh, t0 / kTile, side, sm.q.tile.k);
+    quantize_k_slice<D, T, QK>(p, rows, valid, pad_tokens / kTile, bh, t0 / kTile, side, sm.kv.tile.k);
     if (t0 == 0 && threadIdx.x < D) p.k_mean[static_cast<int64_t>(bh) * D + threadIdx.x] = side[threadIdx.x];
   } else {
     if (threadIdx.x < D) {
       const float mean = p.smooth_v ? side[2 * D + threadIdx.x] : 0.f;
       const float s = v_channel_scale<D>(p, side, threadIdx.x, mean);
-      sm.q.tile.v.inv[threadIdx.x] = __frcp_rn(s);
-      sm.q.tile.v.mean[threadIdx.x] = mean;
+      sm.kv.tile.v.inv[threadIdx.x] = __frcp_rn(s);
+      sm.kv.tile.v.mean[threadIdx.x] = mean;
       if (t0 == 0) {
         const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
         p.v_scale[at] = s;
@@ -232,9 +285,8 @@ __global__ void __launch_bounds__(kThreads, 3) kv_resident(SageQuantParams p, in
     uint8_t* dst = static_cast<uint8_t*>(p.v_fp8) + static_cast<int64_t>(bh) * D * p.seq_k_pad + t0;
 #pragma unroll 1
     for (int i = 0; i < pad_tokens / kVTile; ++i)
-      quantize_v_tile<D>(rows + i * kVTile * D, valid - i * kVTile, dst + i * kVTile, p.seq_k_pad, sm.q.tile.v);
+      quantize_v_tile<D>(rows + i * kVTile * D, valid - i * kVTile, dst + i * kVTile, p.seq_k_pad, sm.kv.tile.v);
   }
-  pdl_wait();  // the Q pass launched before this grid: complete before this grid is (see quantize.cu)
 }
 
 }  // namespace sage::quant
