@@ -1,17 +1,19 @@
-"""Time sage's quantization (sage_quantize: a memset and two kernels) alone, against the bytes they must move.
+"""Time sage's quantization (sage_quantize: a memset and one or two kernels) alone, against the bytes they move.
 
     python3 bench/quant_bench.py            # prints one line per shape; run on a GPU
     python3 bench/quant_bench.py --breakdown  # then each kernel's own time (CUPTI) at the bench's shapes
+    SAGE_QUANT_KV=passes python3 bench/quant_bench.py   # the two passes instead of the one-read launch
 
 Two times: eager (Python, ctypes and launch gaps included) and the same calls captured in a CUDA graph
 (GPU time; the graph replays on one input set, so at small sizes part of it may come from L2).
-Bytes counted: Q, K, V read once (fp16) + K and V read a second time (K's mean and V's amax are needed
-before any token is quantized; the second read partly hits L2 at small sizes) + q_int, k_int, v_fp8 written
-(1 byte each). Time: CUDA events, median of 50 after warm-up,
+Bytes counted: Q, K, V read once (fp16) + q_int, k_int, v_fp8 written (1 byte each), + with
+SAGE_QUANT_KV=passes K and V read a second time (K's mean and V's amax are needed before any token is
+quantized; the second read partly hits L2 at small sizes). Time: CUDA events, median of 50 after warm-up,
 4 rotating input sets so that the inputs do not sit in L2.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -57,7 +59,8 @@ def main() -> None:
             with torch.cuda.graph(g):
                 kernels.quantize(q, k, v, s)
             gms = time_ms(g.replay)
-            nbytes = 2 * d * n * b * (hq + 4 * hkv) + d * n * b * (hq + 2 * hkv)
+            reads = 4 if os.environ.get("SAGE_QUANT_KV") == "passes" else 2  # K and V, each once or twice
+            nbytes = 2 * d * n * b * (hq + reads * hkv) + d * n * b * (hq + 2 * hkv)
             print(f"{str((b, hq, hkv, n, d)):<24}{s.label():<22}{ms:8.3f}{gms:9.3f}{nbytes / gms / 1e6:8.0f}{nbytes / 3.0e9:10.3f}")
 
 

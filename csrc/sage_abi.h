@@ -37,7 +37,7 @@
 extern "C" {
 #endif
 
-#define SAGE_ABI_VERSION 2
+#define SAGE_ABI_VERSION 3
 #define SAGE_SEQ_PAD 128
 #define SAGE_SMOOTH_Q_BLOCK 64
 #define SAGE_K_BLOCK 64
@@ -59,8 +59,9 @@ enum SageError {
 };
 
 /* Smoothing and quantization of Q, K and (for FP8 P.V) V, in one call: a zeroing of `workspace` and two
- * launches. The first reads Q (quantizing it) and takes the K and V channel statistics; the second
- * quantizes K and V with them. */
+ * launches. Either the first reads Q (quantizing it) and takes the K and V channel statistics, and the
+ * second quantizes K and V with them; or, for kv heads short enough that their blocks can hold them, the
+ * first quantizes Q and the second K and V in one read. */
 typedef struct SageQuantParams {
   const void* q;
   const void* k;
@@ -88,11 +89,13 @@ typedef struct SageQuantParams {
                                   any content on entry (the call zeroes it on its stream) */
 } SageQuantParams;
 
-/* Scratch of sage_quantize: the K sum, V sum, V max and V min of every channel, then SAGE_TILE_COUNTER_INTS
- * words it only zeroes: the tile counter a later sage_attn_fwd of the same call may take (tile_counter). */
+/* Scratch of sage_quantize: the K sum, V sum, V max and V min of every channel; two counters per kv head
+ * and one per call (how far the K and V statistics of each head are, and the work claimed); then
+ * SAGE_TILE_COUNTER_INTS words it only zeroes: the tile counter a later sage_attn_fwd of the same call may
+ * take (tile_counter). */
 #define SAGE_TILE_COUNTER_INTS 4
 #define SAGE_QUANT_WORKSPACE_FLOATS(batch, heads_kv, head_dim) \
-  (4 * (int64_t)(batch) * (heads_kv) * (head_dim) + SAGE_TILE_COUNTER_INTS)
+  (4 * (int64_t)(batch) * (heads_kv) * (head_dim) + 2 * (int64_t)(batch) * (heads_kv) + 1 + SAGE_TILE_COUNTER_INTS)
 
 /* The attention itself, on quantized Q/K (and FP8 or original-dtype V). */
 typedef struct SageAttnParams {

@@ -58,7 +58,7 @@ def fake_csrc(tmp_path, monkeypatch):
 def quant_only_csrc(fake_csrc):
     """The ABI, api.cu and the quantization kernels: a library with no attention family."""
     shutil.copytree(CSRC / "quant", fake_csrc / "quant")
-    for f in ("numeric.cuh", "cp_async.cuh", "smem.cuh", "pdl.cuh", "divmod.cuh"):
+    for f in ("numeric.cuh", "cp_async.cuh", "smem.cuh", "pdl.cuh", "divmod.cuh", "gpu_flags.cuh"):
         shutil.copy(CSRC / "common" / f, fake_csrc / "common")
     return fake_csrc
 
@@ -249,7 +249,7 @@ def test_ctypes_structs_match_the_c_header(tmp_path):
     subprocess.run([cc, f"-I{CSRC}", str(src), "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")
     want = set(filter(None, out))
-    have = {f"workspace {library.QUANT_WORKSPACE_CHANNEL_STATS * 2 * 3 * 128 + library.TILE_COUNTER_INTS}"}
+    have = {f"workspace {library.quant_workspace_floats(2, 3, 128)}"}
     for cname, py in structs.items():
         have.add(f"{cname} sizeof {__import__('ctypes').sizeof(py)}")
         for field, _ in py._fields_:

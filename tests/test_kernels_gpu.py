@@ -84,6 +84,7 @@ QUANT_CASES = [  # b, hq, hkv, nq, nk, d, dtype, layout
     (1, 8, 2, 1000, 4096, 128, torch.float16, "HND"),
     (2, 4, 4, 128, 1000, 64, torch.bfloat16, "NHD"),
     (1, 2, 1, 64, 8192, 64, torch.bfloat16, "NHD"),  # 128 reduction blocks per head add into k_mean / v_scale
+    (1, 4, 2, 200, 4097, 128, torch.bfloat16, "HND"),  # a last K/V slice of one real token (one read)
 ]
 QUANT_SETTINGS = [
     SageSettings(),
@@ -93,9 +94,20 @@ QUANT_SETTINGS = [
 ]
 
 
+@pytest.fixture(params=["one read", "passes"])
+def kv_route(request, monkeypatch):
+    """How Q, K and V are read: once, in one launch (the default wherever a kv head fits the GPU: every
+    QUANT_CASES head), or K and V twice by the two passes (SAGE_QUANT_KV=passes)."""
+    if request.param == "passes":
+        monkeypatch.setenv("SAGE_QUANT_KV", "passes")
+    else:
+        monkeypatch.delenv("SAGE_QUANT_KV", raising=False)
+    return request.param
+
+
 @pytest.mark.parametrize("case", QUANT_CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"-{c[7]}")
 @pytest.mark.parametrize("settings", QUANT_SETTINGS, ids=lambda s: s.label().replace(" ", "_"))
-def test_quant_matches_numerics(arch, poisoned, case, settings):
+def test_quant_matches_numerics(arch, poisoned, kv_route, case, settings):
     b, hq, hkv, nq, nk, d, dtype, lay = case
     q, k, v = make_qkv(b, hq, hkv, nq, nk, d, dtype, lay, seed=nq + nk)
     got = kernels.quantize(q, k, v, settings)
@@ -124,8 +136,57 @@ def test_quant_matches_numerics(arch, poisoned, case, settings):
     assert bool(((gv - rv).abs()[off] <= 0.13 * rv.abs()[off] + 2**-9).all())
 
 
+def _quant_kernels(q, k, v) -> set[str]:
+    """Names of the kernels one kernels.quantize call launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        kernels.quantize(q, k, v, SageSettings())
+        torch.cuda.synchronize()
+    return {e.key for e in prof.key_averages() if e.device_time_total > 0}
+
+
+def _too_long_to_hold(d: int) -> int:
+    """A kv head length whose slices (64 KiB of rows each) outnumber the blocks of qkv_resident the GPU holds at
+    once (at most 3 a SM), so that quantize takes the two passes."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return 4 * sms * (64 * 1024 // (2 * d))
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_kv_route_by_head_length(arch, monkeypatch, d):
+    """A kv head the GPU can hold is read once (qkv_resident alone), a longer one twice (q_tiles_and_stats then
+    kv_tiles), and SAGE_QUANT_KV=passes forces the two passes."""
+    monkeypatch.delenv("SAGE_QUANT_KV", raising=False)
+    for nk, one_read in ((4096, True), (_too_long_to_hold(d), False)):
+        q, k, v = make_qkv(1, 1, 1, 128, nk, d, torch.bfloat16)
+        names = " ".join(_quant_kernels(q, k, v))
+        assert ("qkv_resident" in names) == one_read and ("kv_tiles" in names) == (not one_read), (nk, names)
+    monkeypatch.setenv("SAGE_QUANT_KV", "passes")
+    q, k, v = make_qkv(1, 1, 1, 128, 4096, d, torch.bfloat16)
+    names = " ".join(_quant_kernels(q, k, v))
+    assert "kv_tiles" in names and "qkv_resident" not in names, names
+
+
+def test_kv_routes_agree_with_many_heads_in_flight(arch, monkeypatch):
+    """Thousands of slices, more than the GPU holds at once, so that blocks wait on heads whose slices are
+    still being claimed: the one-read route gives the two-read route's buffers (up to the order in which the
+    atomics add the means)."""
+    q, k, v = make_qkv(4, 32, 32, 64, 4096, 128, torch.bfloat16, seed=7)
+    got = {}
+    for route in ("passes", "resident"):
+        monkeypatch.setenv("SAGE_QUANT_KV", route)  # "resident" is the default's name
+        got[route] = kernels.quantize(q, k, v, SageSettings())
+    a, b = got["passes"], got["resident"]
+    torch.testing.assert_close(b.k_mean, a.k_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.k_scale, a.k_scale, rtol=1e-4, atol=0)
+    torch.testing.assert_close(b.v_scale, a.v_scale, rtol=0, atol=0)
+    frac, worst = mismatch_fraction(b.k_int, a.k_int)
+    assert worst <= 1 and frac < 1e-3, f"k_int: {frac:.2e} differ (max {worst})"
+    assert torch.equal(b.v_fp8.view(torch.uint8), a.v_fp8.view(torch.uint8))
+    assert torch.equal(b.q_int, a.q_int)
+
+
 @pytest.mark.parametrize("smooth_v", [False, True])
-def test_static_v_scale_saturates(arch, poisoned, smooth_v):
+def test_static_v_scale_saturates(arch, poisoned, kv_route, smooth_v):
     q, k, v = make_qkv(1, 2, 2, 300, 300, 128, torch.float16)
     amax = v.float().abs().amax(dim=2)[0]  # [Hkv, D]
     s = SageSettings(v_scale=amax / 448.0 * 0.5, smooth_v=smooth_v)  # half the dynamic scale: values saturate

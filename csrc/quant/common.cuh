@@ -42,7 +42,7 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* src, int64_t stride_
     cp_async_16(smem_u32(dst + r * D + R::col()), src + r * stride_n + R::col());
 }
 
-// Per-channel statistics of rows [0, valid) of a staged [kReduceChunk, D] chunk (rows D elements apart):
+// Per-channel statistics of rows [0, valid) of a staged [ROWS, D] chunk (rows D elements apart):
 // the sum (SUM) and the max and min (MINMAX), returned to threads threadIdx.x < D for channel threadIdx.x.
 // `scratch` holds kRowsPerPass * D floats; every thread of the block must call this.
 // The max and min are taken on the 16-bit pairs themselves (one HMNMX2 per pair and statistic, exact) and
@@ -55,11 +55,13 @@ template <typename T> struct PairOf;
 template <> struct PairOf<__half> { using type = __half2; };
 template <> struct PairOf<__nv_bfloat16> { using type = __nv_bfloat162; };
 
-template <int D, bool SUM, bool MINMAX, typename T>
+template <int D, bool SUM, bool MINMAX, int ROWS = kReduceChunk, typename T>
 __device__ ChannelStats channel_stats(const T* rows, int valid, float* scratch) {
   using R = Rows<D>;
   using T2 = typename PairOf<T>::type;
-  constexpr int kPasses = kReduceChunk / R::kRowsPerPass;  // 4 (D=128) or 2 (D=64) rows a thread
+  // Rows a thread loads before it adds them: 4 (D=128) or 2 (D=64) in a kReduceChunk chunk.
+  constexpr int kPasses = kReduceChunk / R::kRowsPerPass;
+  static_assert(ROWS % kReduceChunk == 0, "whole chunks");
   const int c = R::col();
   float s[8];
   T2 mx[4], mn[4];
@@ -69,18 +71,18 @@ __device__ ChannelStats channel_stats(const T* rows, int valid, float* scratch) 
     mx[i] = T2(T(-CUDART_INF_F), T(-CUDART_INF_F));
     mn[i] = T2(T(CUDART_INF_F), T(CUDART_INF_F));
   }
-  // All loads first, then the arithmetic; a full chunk (almost all of them) runs without row checks.
-  auto body = [&](auto full_tag) {
+  // A chunk's loads first, then their arithmetic; full chunks (almost all of them) run without row checks.
+  auto body = [&](auto full_tag, int base) {
     constexpr bool kFull = decltype(full_tag)::value;
     uint4 raw[kPasses];
 #pragma unroll
     for (int u = 0; u < kPasses; ++u) {
-      const int t = R::row() + u * R::kRowsPerPass;
+      const int t = base + R::row() + u * R::kRowsPerPass;
       if (kFull || t < valid) raw[u] = *reinterpret_cast<const uint4*>(rows + t * D + c);
     }
 #pragma unroll
     for (int u = 0; u < kPasses; ++u) {
-      if (!kFull && R::row() + u * R::kRowsPerPass >= valid) continue;
+      if (!kFull && base + R::row() + u * R::kRowsPerPass >= valid) continue;
       const uint32_t w[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -97,10 +99,18 @@ __device__ ChannelStats channel_stats(const T* rows, int valid, float* scratch) 
       }
     }
   };
-  if (valid >= kReduceChunk)
-    body(std::true_type{});
-  else
-    body(std::false_type{});
+  auto chunk = [&](int base) {
+    if (valid - base >= kReduceChunk)
+      body(std::true_type{}, base);
+    else
+      body(std::false_type{}, base);
+  };
+  if constexpr (ROWS == kReduceChunk) {
+    chunk(0);
+  } else {
+#pragma unroll 1
+    for (int base = 0; base < ROWS && base < valid; base += kReduceChunk) chunk(base);
+  }
   ChannelStats out{0.f, -CUDART_INF_F, CUDART_INF_F};
   // One block-wide reduction per statistic, through `scratch`.
   auto reduce = [&](const float(&part)[8], auto op, float& res) {

@@ -2,7 +2,14 @@
 // sage_cli/numerics/quantize.py).
 //
 // K needs its channel mean, and V its channel amax (and mean, with smooth V), before any of their tokens is
-// quantized, so each is read twice; Q is read once. Three stream-ordered steps:
+// quantized. Two routes:
+//  - resident (wherever the GPU holds all slices of a kv head at once: up to ~100k tokens a head on an H100):
+//    a memset, then qkv_resident, which reads Q, K and V once, holding each slice of a kv head in shared
+//    memory until the head's statistics are complete (qkv_resident.cuh). 17% less time than the two passes
+//    at the bench's 4k shape (bench/NOTES.md, 22nd session): it moves a third less and mixes blocks that
+//    load with blocks that compute.
+//  - two passes (longer heads, or SAGE_QUANT_KV=passes), which read K and V twice and Q once, in three
+//    stream-ordered steps:
 //   1. workspace = 0 (one memset): per channel the K mean, V mean, V max and V min accumulators.
 //   2. q_tiles_and_stats, three kinds of units: Q tiles (64 rows of one head: optional block mean and
 //      smoothing, group scales, quantization); K chunks (64 tokens: sum / Nk added into the K mean); V
@@ -11,62 +18,25 @@
 //   3. kv_tiles: K (two 64-token tiles: K - mean, group scales, quantization) and V (a 128-token tile: scale
 //      and mean from the statistics, FP8, transposed) in units of 128 tokens, in the reverse of the order
 //      step 2 read them, so that what step 2 read last is read again first, while it is still in L2.
-// Both grids are persistent (run_units): each block stages its next unit's rows into shared memory while
-// it works on the current one. Step 3 is launched with programmatic dependent launch (common/pdl.cuh).
+// Both grids of the two passes are persistent (run_units): each block stages its next unit's rows into shared
+// memory while it works on the current one. Step 3 is launched with programmatic dependent launch
+// (common/pdl.cuh).
 // The V amax needs no pass of its own: max |x - m| over a channel is max(vmax - m, m - vmin) exactly
 // (float subtraction is monotone in x), so the mean, max and min come from one pass. The atomics make the
 // means order-dependent in their last bit, which can flip a rounding tie now and then; nothing else is.
+#include <cstdlib>
+#include <cstring>
+
 #include "../common/check.cuh"
 #include "../common/pdl.cuh"
+#include "qkv_resident.cuh"
+#include "kv_stats.cuh"
 #include "qk_tile.cuh"
 #include "v_tile.cuh"
 
 namespace sage {
 namespace quant {
 namespace {
-
-// The four accumulators of the workspace, each [B, Hkv, D].
-struct Workspace {
-  float* k_mean;
-  float* v_mean;
-  unsigned* v_max;     // ordered_bits of the channel max
-  unsigned* v_negmin;  // ordered_bits of minus the channel min (a max, so that zero is its identity)
-
-  __host__ __device__ explicit Workspace(const SageQuantParams& p) {
-    const int64_t n = static_cast<int64_t>(p.batch) * p.heads_kv * p.head_dim;
-    k_mean = p.workspace;
-    v_mean = p.workspace + n;
-    v_max = reinterpret_cast<unsigned*>(p.workspace + 2 * n);
-    v_negmin = reinterpret_cast<unsigned*>(p.workspace + 3 * n);
-  }
-};
-
-// Token t0 of kv head bh (b * Hkv + h) of K (is_k) or V, and that tensor's token stride.
-template <typename T>
-__device__ __forceinline__ const T* kv_rows(const SageQuantParams& p, bool is_k, int bh, int t0,
-                                            const FastDivmod& by_heads_kv, int64_t& stride) {
-  int h;
-  const int b = by_heads_kv.divmod(bh, h);
-  stride = is_k ? p.k_stride_n : p.v_stride_n;
-  const T* base = static_cast<const T*>(is_k ? p.k : p.v);
-  return base + b * (is_k ? p.k_stride_b : p.v_stride_b) + h * (is_k ? p.k_stride_h : p.v_stride_h) + t0 * stride;
-}
-
-// One K or V chunk's statistics added into the workspace: sum / Nk into `mean` (the K or V mean), and V's
-// max and min. at: this thread's channel of the chunk's kv head.
-template <int D, bool SUM, bool MINMAX, typename T>
-__device__ void chunk_stats(const SageQuantParams& p, const T* rows, int valid, float* mean, int64_t at,
-                            float* scratch) {
-  const ChannelStats s = channel_stats<D, SUM, MINMAX>(rows, valid, scratch);
-  if (threadIdx.x < D) {
-    const Workspace ws(p);
-    if (SUM) atomicAdd(mean + at, __fdiv_rn(s.sum, static_cast<float>(p.seq_k)));
-    if (MINMAX) {
-      atomic_max_ordered(ws.v_max + at, s.max);
-      atomic_max_ordered(ws.v_negmin + at, -s.min);
-    }
-  }
-}
 
 // Each block runs units u = blockIdx.x, blockIdx.x + gridDim.x, ... (a grid of a few blocks per SM), and
 // stages unit u + gridDim.x into shared memory (cp.async) while it works on unit u: a block always has a
@@ -247,14 +217,7 @@ __global__ void __launch_bounds__(kThreads, 3) kv_tiles(SageQuantParams p, int k
     if (threadIdx.x < D) {
       const int64_t at = static_cast<int64_t>(bh) * D + threadIdx.x;
       const float mean = p.smooth_v ? side[2 * D + threadIdx.x] : 0.f;
-      float s;
-      if (p.v_static_scale) {
-        s = side[threadIdx.x];
-      } else {
-        const float vmax = from_ordered_bits(__float_as_uint(side[threadIdx.x]));
-        const float negmin = from_ordered_bits(__float_as_uint(side[D + threadIdx.x]));
-        s = __fdiv_rn(fmaxf(fmaxf(vmax - mean, mean + negmin), kScaleFloor), kFp8Max);
-      }
+      const float s = v_channel_scale<D>(p, side, threadIdx.x, mean);
       sm.v.inv[threadIdx.x] = __frcp_rn(s);
       sm.v.mean[threadIdx.x] = mean;
       if (t_idx == 0) {
@@ -269,15 +232,43 @@ __global__ void __launch_bounds__(kThreads, 3) kv_tiles(SageQuantParams p, int k
   run_units<kKVStageBytes<D, T>>(units, dyn_smem, stage_unit, work);
 }
 
-// A persistent grid: as many blocks as fit on the GPU at once (at most one per unit).
+// A persistent grid: as many blocks as fit on the GPU at once (at most one per unit, and at most
+// max_per_sm a SM).
 template <class Kernel>
-int grid_for(Kernel kernel, size_t dyn_smem, int units, int& grid) {
+int grid_for(Kernel kernel, size_t dyn_smem, int units, int& grid, int max_per_sm = 1 << 30) {
   int dev = 0, sms = 0, per_sm = 0;
   SAGE_CUDA_TRY(cudaGetDevice(&dev));
   SAGE_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn_smem)));
   SAGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn_smem));
-  grid = max(1, min(units, sms * max(per_sm, 1)));
+  grid = max(1, min(units, sms * max(min(per_sm, max_per_sm), 1)));
+  return SAGE_OK;
+}
+
+// How Q, K and V are read: in one launch, each once (qkv_resident), wherever the GPU holds a whole kv
+// head's slices at once (up to ~100k tokens a head on an H100), else by the two passes. SAGE_QUANT_KV=passes
+// forces the two passes (tests and benchmarks compare the routes); =resident, the default, is accepted too.
+bool two_passes_asked() {
+  const char* e = std::getenv("SAGE_QUANT_KV");
+  return e != nullptr && std::strcmp(e, "passes") == 0;
+}
+
+// The resident route: one launch of qkv_resident after the memset. Returns SAGE_ERR_UNSUPPORTED, having
+// launched nothing, where the route does not apply.
+template <int D, int DT, int QK>
+int launch_resident(const SageQuantParams& p, cudaStream_t stream) {
+  using T = typename ElemOf<DT>::type;
+  if (two_passes_asked()) return SAGE_ERR_UNSUPPORTED;
+  const int slices = resident_slices<D>(p.seq_k);
+  const size_t smem = Slice<D, T>::kBytes;
+  int room = 0;  // qkv_resident blocks the GPU holds at once
+  if (int r = grid_for(qkv_resident<D, DT, QK>, smem, 1 << 30, room)) return r;
+  if (room < slices) return SAGE_ERR_UNSUPPORTED;  // the wait in qkv_resident needs a head's slices resident
+  const int per_head = (p.v != nullptr ? 2 : 1) * slices + (p.heads_q / p.heads_kv) * resident_q_units<D>(p.seq_q_pad);
+  const int units = p.batch * p.heads_kv * per_head;
+  const int v_sum = p.v != nullptr && p.smooth_v, v_minmax = p.v != nullptr && p.v_static_scale == nullptr;
+  qkv_resident<D, DT, QK><<<units, kThreads, smem, stream>>>(p, slices, v_sum, v_minmax);
+  SAGE_CHECK_LAUNCH("sage_quantize (Q, K and V, one read)");
   return SAGE_OK;
 }
 
@@ -285,6 +276,8 @@ template <int D, int DT, int QK>
 int launch(const SageQuantParams& p, cudaStream_t stream) {
   using T = typename ElemOf<DT>::type;
   SAGE_CUDA_TRY(cudaMemsetAsync(p.workspace, 0, sizeof(float) * SAGE_QUANT_WORKSPACE_FLOATS(p.batch, p.heads_kv, D), stream));
+  const int resident = launch_resident<D, DT, QK>(p, stream);
+  if (resident != SAGE_ERR_UNSUPPORTED) return resident;
   const bool has_v = p.v != nullptr;
   const int v_sum = has_v && p.smooth_v, v_minmax = has_v && p.v_static_scale == nullptr;
   const int chunks = ceil_div(p.seq_k, kReduceChunk);

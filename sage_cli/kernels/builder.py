@@ -37,7 +37,7 @@ from typing import Optional
 from .errors import KernelBuildError
 
 ARCHS = ("80", "86", "89", "90a")
-ABI_VERSION = 2  # SAGE_ABI_VERSION in csrc/sage_abi.h
+ABI_VERSION = 3  # SAGE_ABI_VERSION in csrc/sage_abi.h
 _LIB_NAME = "libsage_sm{arch}.so"
 
 

@@ -22,9 +22,14 @@ PV_TYPE = {"fp8": 0, "fp16": 1}
 GRANULARITY = {"per_thread": 0, "per_warp": 1, "per_block": 2}
 PV_ACCUM = {"two_level": 0, "narrow": 1}
 FAMILY = {"auto": 0, "mma_sync": 1, "wgmma": 2}
-# SAGE_QUANT_WORKSPACE_FLOATS = QUANT_WORKSPACE_CHANNEL_STATS * B * Hkv * D + TILE_COUNTER_INTS (sage_abi.h)
-QUANT_WORKSPACE_CHANNEL_STATS = 4
-TILE_COUNTER_INTS = 4
+TILE_COUNTER_INTS = 4  # SAGE_TILE_COUNTER_INTS: the workspace's last words, the attention's tile counter
+
+
+def quant_workspace_floats(batch: int, heads_kv: int, head_dim: int) -> int:
+    """SAGE_QUANT_WORKSPACE_FLOATS (sage_abi.h): four statistics per channel, two counters per kv head, one
+    per call, then the tile counter."""
+    heads = batch * heads_kv
+    return 4 * heads * head_dim + 2 * heads + 1 + TILE_COUNTER_INTS
 
 
 class QuantParams(ctypes.Structure):

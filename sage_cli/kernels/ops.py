@@ -5,7 +5,7 @@ and K, and FP8 V transposed unless P.V is FP16), the smooth-Q bias ``ds`` (below
 everything on torch's current stream, nothing synchronizes, so the whole op can be captured in a CUDA graph.
 
 ``ds = q_mean . K'^T`` (smooth Q only) is computed here with torch in fp32 (see `_smooth_q_bias`): it is
-the largest cost of smooth Q today (~90 us at B=1, Hq=32, Hkv=8, N=4096 on an H100, vs ~60 us for all
+the largest cost of smooth Q today (~90 us at B=1, Hq=32, Hkv=8, N=4096 on an H100, vs ~40 us for all
 the quantization kernels).
 
 The LSE the kernels return is that of ``sm_scale * (Q K'^T + ds)``: without the K-smoothing term, like
@@ -26,8 +26,8 @@ from ..settings import SMOOTH_Q_BLOCK, SageSettings, num_k_groups, num_q_groups
 from . import dispatch
 from .errors import KernelUnavailable
 from .library import (
-    DTYPE, FAMILY, GRANULARITY, PV_ACCUM, PV_TYPE, QK_TYPE, QUANT_WORKSPACE_CHANNEL_STATS, TILE_COUNTER_INTS, AttnParams,
-    Library, QuantParams,
+    DTYPE, FAMILY, GRANULARITY, PV_ACCUM, PV_TYPE, QK_TYPE, TILE_COUNTER_INTS, AttnParams,
+    Library, QuantParams, quant_workspace_floats,
 )
 
 FP8 = torch.float8_e4m3fn
@@ -164,7 +164,7 @@ def _quantize(lib: Library, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
         bufs.v_scale = _empty(b, hkv, d, dtype=f32, device=dev)
         bufs.v_mean = _empty(b, hkv, d, dtype=f32, device=dev) if settings.smooth_v else None
     # zeroed by the call; kept with the buffers, since its tail is the attention's tile counter
-    bufs.workspace = _empty(QUANT_WORKSPACE_CHANNEL_STATS * b * hkv * d + TILE_COUNTER_INTS, dtype=f32, device=dev)
+    bufs.workspace = _empty(quant_workspace_floats(b, hkv, d), dtype=f32, device=dev)
     v_strides = v.stride()[:3] if fp8_v else (0, 0, 0)
     lib.quantize(QuantParams(
         q.data_ptr(), k.data_ptr(), v.data_ptr() if fp8_v else None,
