@@ -58,10 +58,10 @@ enum SageError {
   SAGE_ERR_CUDA = 3         /* a CUDA call failed */
 };
 
-/* Smoothing and quantization of Q, K and (for FP8 P.V) V, in one call: a zeroing of `workspace` and two
- * launches. Either the first reads Q (quantizing it) and takes the K and V channel statistics, and the
- * second quantizes K and V with them; or, for kv heads short enough that their blocks can hold them, the
- * first quantizes Q and the second K and V in one read. */
+/* Smoothing and quantization of Q, K and (for FP8 P.V) V, in one call: a zeroing of `workspace`, then
+ * either one launch that reads Q, K and V once (wherever the GPU can hold every slice of a kv head at once)
+ * or two: the first reads Q (quantizing it) and takes the K and V channel statistics, the second quantizes
+ * K and V with them. */
 typedef struct SageQuantParams {
   const void* q;
   const void* k;

@@ -1,7 +1,8 @@
 // The K and V channel statistics of the quantization: the workspace that holds them while they are
 // gathered, where a K or V row comes from, and one chunk's contribution (conventions:
-// sage_cli/numerics/quantize.py). Both routes of quantize.cu take them the same way, chunk by chunk, so
-// that they give the same means and scales.
+// sage_cli/numerics/quantize.py). Both routes of quantize.cu use them; the two passes add a 64-token chunk
+// at a time and qkv_resident a whole slice, so their means may differ in a last bit, as the atomics' order
+// already makes them do from run to run.
 #pragma once
 #include "../common/divmod.cuh"
 #include "common.cuh"

@@ -232,22 +232,21 @@ __global__ void __launch_bounds__(kThreads, 3) kv_tiles(SageQuantParams p, int k
   run_units<kKVStageBytes<D, T>>(units, dyn_smem, stage_unit, work);
 }
 
-// A persistent grid: as many blocks as fit on the GPU at once (at most one per unit, and at most
-// max_per_sm a SM).
+// A persistent grid: as many blocks as fit on the GPU at once (at most one per unit).
 template <class Kernel>
-int grid_for(Kernel kernel, size_t dyn_smem, int units, int& grid, int max_per_sm = 1 << 30) {
+int grid_for(Kernel kernel, size_t dyn_smem, int units, int& grid) {
   int dev = 0, sms = 0, per_sm = 0;
   SAGE_CUDA_TRY(cudaGetDevice(&dev));
   SAGE_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn_smem)));
   SAGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dyn_smem));
-  grid = max(1, min(units, sms * max(min(per_sm, max_per_sm), 1)));
+  grid = max(1, min(units, sms * max(per_sm, 1)));
   return SAGE_OK;
 }
 
 // How Q, K and V are read: in one launch, each once (qkv_resident), wherever the GPU holds a whole kv
 // head's slices at once (up to ~100k tokens a head on an H100), else by the two passes. SAGE_QUANT_KV=passes
-// forces the two passes (tests and benchmarks compare the routes); =resident, the default, is accepted too.
+// forces the two passes (tests and benchmarks compare the routes).
 bool two_passes_asked() {
   const char* e = std::getenv("SAGE_QUANT_KV");
   return e != nullptr && std::strcmp(e, "passes") == 0;
